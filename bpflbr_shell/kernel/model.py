@@ -58,6 +58,7 @@ class RawProgInfo:
     func_info: list[tuple[int, int]] = field(default_factory=list)
     line_info: list[tuple[int, int, int, int]] = field(default_factory=list)
     jited_line_info: list[int] = field(default_factory=list)
+    prog_tags: list[str] = field(default_factory=list)  # one per subprogram
     nr_func_info: int = 0
     nr_line_info: int = 0
     nr_jited_line_info: int = 0

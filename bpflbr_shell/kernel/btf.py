@@ -1,0 +1,154 @@
+"""A small, pure parser for raw BTF blobs: names, strings, and C prototypes of functions.
+
+We parse the bytes ourselves instead of calling libbpf's btf__* API so the same code decodes a
+live program, a recorded fixture and a recording loaded on another machine, without root.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+
+from ..errors import KernelDataError
+
+BTF_MAGIC = 0xEB9F
+
+KIND_INT, KIND_PTR, KIND_ARRAY, KIND_STRUCT, KIND_UNION, KIND_ENUM, KIND_FWD = 1, 2, 3, 4, 5, 6, 7
+KIND_TYPEDEF, KIND_VOLATILE, KIND_CONST, KIND_RESTRICT, KIND_FUNC, KIND_FUNC_PROTO = (
+    8, 9, 10, 11, 12, 13)
+KIND_VAR, KIND_DATASEC, KIND_FLOAT, KIND_DECL_TAG, KIND_TYPE_TAG, KIND_ENUM64 = (
+    14, 15, 16, 17, 18, 19)
+
+# bytes of kind-specific data after the 12-byte common header: (fixed, per-vlen-member)
+_TRAILER = {
+    KIND_INT: (4, 0), KIND_ARRAY: (12, 0), KIND_STRUCT: (0, 12), KIND_UNION: (0, 12),
+    KIND_ENUM: (0, 8), KIND_FUNC_PROTO: (0, 8), KIND_VAR: (4, 0), KIND_DATASEC: (0, 12),
+    KIND_DECL_TAG: (4, 0), KIND_ENUM64: (0, 12),
+}
+_MODIFIERS = {KIND_CONST: "const", KIND_VOLATILE: "volatile", KIND_RESTRICT: "restrict"}
+
+
+@dataclass(frozen=True, slots=True)
+class BtfType:
+    id: int
+    kind: int
+    name: str
+    vlen: int
+    kind_flag: bool
+    ref: int  # "type" for refs/funcs/protos; size for ints, structs, enums
+    extra: tuple[int, ...]  # array: (elem_type, index_type, nelems)
+    params: tuple[tuple[str, int], ...]  # FUNC_PROTO: (name, type_id)
+
+
+class Btf:
+    """Types and strings of one BTF object. Type 0 is ``void``."""
+
+    def __init__(self, types: list[BtfType | None], strings: bytes) -> None:
+        self.types = types
+        self.strings = strings
+
+    @classmethod
+    def parse(cls, blob: bytes) -> Btf:
+        if len(blob) < 24:
+            raise KernelDataError(f"BTF blob too short ({len(blob)} bytes)")
+        magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", blob, 0)
+        if magic != BTF_MAGIC:
+            raise KernelDataError(f"bad BTF magic {magic:#x}")
+        type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
+        strings = blob[hdr_len + str_off : hdr_len + str_off + str_len]
+        btf = cls([None], strings)
+        pos, end = hdr_len + type_off, hdr_len + type_off + type_len
+        tid = 1
+        while pos < end:
+            name_off, info, ref = struct.unpack_from("<III", blob, pos)
+            pos += 12
+            kind, vlen = (info >> 24) & 0x1F, info & 0xFFFF
+            fixed, per = _TRAILER.get(kind, (0, 0))
+            extra: tuple[int, ...] = ()
+            params: tuple[tuple[str, int], ...] = ()
+            if kind == KIND_ARRAY:
+                extra = struct.unpack_from("<III", blob, pos)
+            elif kind == KIND_FUNC_PROTO:
+                params = tuple(
+                    (btf.string(p_name), p_type)
+                    for p_name, p_type in struct.iter_unpack("<II", blob[pos : pos + 8 * vlen])
+                )
+            pos += fixed + per * vlen
+            btf.types.append(
+                BtfType(tid, kind, btf.string(name_off), vlen, bool(info >> 31), ref, extra, params)
+            )
+            tid += 1
+        if pos != end:
+            raise KernelDataError("BTF type section does not end on a type boundary")
+        return btf
+
+    def string(self, offset: int) -> str:
+        """NUL-terminated string at ``offset`` of the string section ('' when out of range)."""
+        if not 0 <= offset < len(self.strings):
+            return ""
+        end = self.strings.find(b"\0", offset)
+        return self.strings[offset : end if end >= 0 else None].decode("utf-8", "replace")
+
+    def type(self, type_id: int) -> BtfType | None:
+        return self.types[type_id] if 0 < type_id < len(self.types) else None
+
+    def func_name(self, type_id: int) -> str | None:
+        t = self.type(type_id)
+        return t.name if t and t.kind == KIND_FUNC else None
+
+    def func_prototype(self, type_id: int) -> str | None:
+        """C declaration of a FUNC, e.g. ``int sf(struct __sk_buff *skb)``."""
+        t = self.type(type_id)
+        if t is None or t.kind != KIND_FUNC:
+            return None
+        return self.declaration(t.ref, t.name)
+
+    def func_params(self, type_id: int) -> list[tuple[str, str]]:
+        """``(name, C type)`` of each parameter of a FUNC."""
+        t = self.type(type_id)
+        proto = self.type(t.ref) if t and t.kind == KIND_FUNC else None
+        if proto is None or proto.kind != KIND_FUNC_PROTO:
+            return []
+        return [(name, self.declaration(ptype, "")) for name, ptype in proto.params]
+
+    def declaration(self, type_id: int, decl: str, depth: int = 0) -> str:
+        """C declarator of ``decl`` having type ``type_id`` (inside-out, as C reads)."""
+        if depth > 32:
+            return f"? {decl}".rstrip()
+        if type_id == 0:
+            return f"void {decl}".rstrip()
+        t = self.type(type_id)
+        if t is None:
+            return f"<type {type_id}> {decl}".rstrip()
+        if t.kind == KIND_PTR:
+            target = self.type(t.ref)
+            inner = f"*{decl}"
+            if target and target.kind in (KIND_ARRAY, KIND_FUNC_PROTO):
+                inner = f"(*{decl})"
+            return self.declaration(t.ref, inner, depth + 1)
+        if t.kind in _MODIFIERS:
+            word = _MODIFIERS[t.kind]
+            target = self.type(t.ref)
+            if target is not None and target.kind == KIND_PTR:
+                return self.declaration(t.ref, f"{word} {decl}".rstrip(), depth + 1)
+            return f"{word} {self.declaration(t.ref, decl, depth + 1)}"
+        if t.kind == KIND_TYPE_TAG:
+            return self.declaration(t.ref, decl, depth + 1)
+        if t.kind == KIND_ARRAY:
+            return self.declaration(t.extra[0], f"{decl}[{t.extra[2]}]", depth + 1)
+        if t.kind == KIND_FUNC_PROTO:
+            parts = [
+                "..." if p == 0 and not n else self.declaration(p, n, depth + 1)
+                for n, p in t.params
+            ]
+            params = ", ".join(parts) or "void"
+            return self.declaration(t.ref, f"{decl}({params})", depth + 1)
+        if t.kind == KIND_FUNC:
+            return self.declaration(t.ref, t.name, depth + 1)
+        base = {
+            KIND_STRUCT: "struct ", KIND_UNION: "union ", KIND_ENUM: "enum ", KIND_ENUM64: "enum ",
+        }.get(t.kind, "")
+        if t.kind == KIND_FWD:
+            base = "union " if t.kind_flag else "struct "
+        name = f"{base}{t.name or '(anon)'}"
+        return f"{name} {decl}".rstrip()

@@ -1,0 +1,216 @@
+"""ctypes bindings to the system libbpf (Debian's libbpf1 1.1.x) for the bpf(2) calls we need.
+
+Only thin, typed wrappers live here; decoding belongs to ``progs`` and ``btf``. libbpf 1.x
+returns ``-errno`` from its low-level API, which :func:`check` turns into our error family.
+The library is opened on first use, never at import time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+from functools import cache
+
+from ..errors import FeatureError, NotFoundError, PrivilegeError, UserError
+
+LIBBPF_NAMES = ("libbpf.so.1", "/usr/lib/x86_64-linux-gnu/libbpf.so.1")
+
+u32 = ctypes.c_uint32
+u64 = ctypes.c_uint64
+
+
+class BpfProgInfo(ctypes.Structure):
+    """``struct bpf_prog_info`` as in the 6.1 uapi header (232 bytes)."""
+
+    _fields_ = [
+        ("type", u32),
+        ("id", u32),
+        ("tag", ctypes.c_uint8 * 8),
+        ("jited_prog_len", u32),
+        ("xlated_prog_len", u32),
+        ("jited_prog_insns", u64),
+        ("xlated_prog_insns", u64),
+        ("load_time", u64),
+        ("created_by_uid", u32),
+        ("nr_map_ids", u32),
+        ("map_ids", u64),
+        ("name", ctypes.c_char * 16),
+        ("ifindex", u32),
+        ("gpl_flags", u32),  # bit 0: gpl_compatible
+        ("netns_dev", u64),
+        ("netns_ino", u64),
+        ("nr_jited_ksyms", u32),
+        ("nr_jited_func_lens", u32),
+        ("jited_ksyms", u64),
+        ("jited_func_lens", u64),
+        ("btf_id", u32),
+        ("func_info_rec_size", u32),
+        ("func_info", u64),
+        ("nr_func_info", u32),
+        ("nr_line_info", u32),
+        ("line_info", u64),
+        ("jited_line_info", u64),
+        ("nr_jited_line_info", u32),
+        ("line_info_rec_size", u32),
+        ("jited_line_info_rec_size", u32),
+        ("nr_prog_tags", u32),
+        ("prog_tags", u64),
+        ("run_time_ns", u64),
+        ("run_cnt", u64),
+        ("recursion_misses", u64),
+        ("verified_insns", u32),
+        ("attach_btf_obj_id", u32),
+        ("attach_btf_id", u32),
+        ("_pad", u32),
+    ]
+
+
+class BpfBtfInfo(ctypes.Structure):
+    """``struct bpf_btf_info``."""
+
+    _fields_ = [
+        ("btf", u64),
+        ("btf_size", u32),
+        ("id", u32),
+        ("name", u64),
+        ("name_len", u32),
+        ("kernel_btf", u32),
+    ]
+
+
+class BpfLinkInfoTracing(ctypes.Structure):
+    _fields_ = [("attach_type", u32), ("target_obj_id", u32), ("target_btf_id", u32)]
+
+
+class BpfLinkInfo(ctypes.Structure):
+    """``struct bpf_link_info`` head plus room for the largest union member we read."""
+
+    _fields_ = [
+        ("type", u32),
+        ("id", u32),
+        ("prog_id", u32),
+        ("_pad", u32),
+        ("tracing", BpfLinkInfoTracing),
+        ("_rest", ctypes.c_uint8 * 64),
+    ]
+
+
+assert ctypes.sizeof(BpfProgInfo) == 232, ctypes.sizeof(BpfProgInfo)
+
+
+@cache
+def lib() -> ctypes.CDLL:
+    """The system libbpf, with argument types declared once."""
+    last: OSError | None = None
+    for name in LIBBPF_NAMES:
+        try:
+            so = ctypes.CDLL(name, use_errno=True)
+            break
+        except OSError as exc:
+            last = exc
+    else:
+        raise FeatureError(f"cannot load libbpf ({last})", "apt-get install libbpf1")
+    sigs: dict[str, tuple[object, list[object]]] = {
+        "bpf_prog_get_next_id": (ctypes.c_int, [u32, ctypes.POINTER(u32)]),
+        "bpf_link_get_next_id": (ctypes.c_int, [u32, ctypes.POINTER(u32)]),
+        "bpf_prog_get_fd_by_id": (ctypes.c_int, [u32]),
+        "bpf_btf_get_fd_by_id": (ctypes.c_int, [u32]),
+        "bpf_link_get_fd_by_id": (ctypes.c_int, [u32]),
+        "bpf_obj_get_info_by_fd": (
+            ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(u32)]
+        ),
+        "bpf_obj_get": (ctypes.c_int, [ctypes.c_char_p]),
+        "bpf_enable_stats": (ctypes.c_int, [ctypes.c_int]),
+    }
+    for fname, (restype, argtypes) in sigs.items():
+        fn = getattr(so, fname)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return so
+
+
+def _raise_errno(err: int, what: str) -> None:
+    if err in (errno.EPERM, errno.EACCES):
+        raise PrivilegeError(
+            f"{what}: permission denied",
+            "needs CAP_SYS_ADMIN (or CAP_BPF + CAP_PERFMON); run as root",
+        )
+    if err == errno.ENOENT:
+        raise NotFoundError(f"{what}: no such object (it may have been unloaded)")
+    if err == errno.ENOSYS:
+        raise FeatureError(f"{what}: the kernel has no bpf(2) syscall", "CONFIG_BPF_SYSCALL=y")
+    raise UserError(f"{what}: {os.strerror(err)}")
+
+
+def check(ret: int, what: str) -> int:
+    """Return ``ret`` when it is a success, else raise the matching :class:`UserError`."""
+    if ret < 0:
+        _raise_errno(-ret if ret != -1 else (ctypes.get_errno() or errno.EINVAL), what)
+    return ret
+
+
+def next_ids(getter: str) -> list[int]:
+    """All ids of one object kind, in ascending order."""
+    fn = getattr(lib(), getter)
+    ids: list[int] = []
+    cur = u32(0)
+    nxt = u32(0)
+    while True:
+        ret = fn(cur, ctypes.byref(nxt))
+        if ret < 0:
+            err = -ret if ret != -1 else ctypes.get_errno()
+            if err == errno.ENOENT:
+                return ids
+            _raise_errno(err, "listing BPF objects")
+        ids.append(nxt.value)
+        cur.value = nxt.value
+
+
+def prog_ids() -> list[int]:
+    return next_ids("bpf_prog_get_next_id")
+
+
+def link_ids() -> list[int]:
+    return next_ids("bpf_link_get_next_id")
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    ret = lib().bpf_prog_get_fd_by_id(prog_id)
+    if ret < 0 and -ret == errno.ENOENT:
+        raise NotFoundError(f"no BPF program with id {prog_id}", "see 'show progs'")
+    return check(ret, f"opening BPF program {prog_id}")
+
+
+def btf_fd_by_id(btf_id: int) -> int:
+    return check(lib().bpf_btf_get_fd_by_id(btf_id), f"opening BTF object {btf_id}")
+
+
+def link_fd_by_id(link_id: int) -> int:
+    return check(lib().bpf_link_get_fd_by_id(link_id), f"opening BPF link {link_id}")
+
+
+def obj_get(path: str) -> int:
+    """fd of a pinned object in bpffs."""
+    ret = lib().bpf_obj_get(os.fsencode(path))
+    if ret < 0 and -ret == errno.ENOENT:
+        raise NotFoundError(f"nothing pinned at {path}", "is bpffs mounted at /sys/fs/bpf?")
+    return check(ret, f"opening pinned object {path}")
+
+
+def obj_info(fd: int, info: ctypes.Structure, what: str) -> int:
+    """Fill ``info`` from the kernel; returns the length the kernel wrote."""
+    length = u32(ctypes.sizeof(info))
+    check(lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(length)), what)
+    return length.value
+
+
+def link_info(fd: int) -> BpfLinkInfo:
+    info = BpfLinkInfo()
+    obj_info(fd, info, "reading link info")
+    return info
+
+
+def enable_stats() -> int:
+    """Turn on run_time_ns/run_cnt accounting; returns an fd that keeps it on until closed."""
+    return check(lib().bpf_enable_stats(0), "enabling BPF run-time stats")  # BPF_STATS_RUN_TIME
