@@ -1,0 +1,115 @@
+"""The kernel as one session sees it: programs, kallsyms and the symbolizer, read lazily.
+
+Commands ask this object; they never call bpf(2) themselves. Decoded programs are cached by
+(id, load time) because their JIT image and line info cannot change; run counters are re-read
+on every listing.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from ..errors import NotFoundError
+from . import libbpf, progs, selectors
+from .model import ProgInfo
+
+if TYPE_CHECKING:
+    from ..symbols import Symbolizer
+    from .kallsyms import KallsymsIndex
+
+
+class KernelView:
+    def __init__(self, kallsyms_path: str = "/proc/kallsyms") -> None:
+        self.kallsyms_path = kallsyms_path
+        self._kallsyms: KallsymsIndex | None = None
+        self._symbolizer: Symbolizer | None = None
+        self._progs: dict[int, ProgInfo] = {}
+        self._boot_epoch = progs.boot_to_epoch_offset()
+
+    # programs -------------------------------------------------------------------------------
+    def prog_ids(self) -> list[int]:
+        return libbpf.prog_ids()
+
+    def prog(self, prog_id: int) -> ProgInfo:
+        """Fresh info for one program (stats included); the decoded body is reused."""
+        raw = progs.read_raw_prog_info(prog_id)
+        cached = self._progs.get(prog_id)
+        if cached is not None and cached.load_time_ns == raw.load_time and cached.tag == raw.tag:
+            cached.run_cnt, cached.run_time_ns = raw.run_cnt, raw.run_time_ns
+            cached.recursion_misses = raw.recursion_misses
+            return cached
+        info = progs.decode_prog_info(raw, self._boot_epoch)
+        self._progs[prog_id] = info
+        if self._symbolizer is not None:
+            self._symbolizer.add_prog(info)
+        return info
+
+    def progs(self) -> list[ProgInfo]:
+        out: list[ProgInfo] = []
+        live = set()
+        for prog_id in self.prog_ids():
+            try:
+                out.append(self.prog(prog_id))
+                live.add(prog_id)
+            except NotFoundError:
+                continue
+        for gone in set(self._progs) - live:
+            del self._progs[gone]
+        return out
+
+    def select(self, text: str, *, must_match: bool = True) -> list[ProgInfo]:
+        """Programs matching a selector string; none at all is an error unless asked otherwise."""
+        sel = selectors.parse_selector(text)
+        if sel.kind == "id":
+            candidates = [self.prog(int(sel.value))]  # NotFoundError names the id
+        else:
+            candidates = self.progs()
+        found = selectors.select_progs(
+            sel, candidates, pinned_id=self.pinned_prog_id,
+            pid_prog_ids=selectors.prog_ids_held_by,
+        )
+        if must_match and not found:
+            raise NotFoundError(f"no BPF program matches '{text}'", "see 'show progs'")
+        return found
+
+    def select_one(self, text: str) -> ProgInfo:
+        found = self.select(text)
+        if len(found) > 1:
+            ids = ", ".join(str(p.id) for p in found[:8]) + (", ..." if len(found) > 8 else "")
+            raise NotFoundError(
+                f"'{text}' matches {len(found)} programs ({ids})",
+                "pick one by id",
+            )
+        return found[0]
+
+    @staticmethod
+    def pinned_prog_id(path: str) -> int:
+        fd = libbpf.obj_get(path)
+        try:
+            info = libbpf.BpfProgInfo()
+            libbpf.obj_info(fd, info, f"reading {path}")
+            return info.id
+        finally:
+            os.close(fd)
+
+    # symbols ---------------------------------------------------------------------------------
+    @property
+    def kallsyms(self) -> KallsymsIndex:
+        if self._kallsyms is None:
+            from .kallsyms import KallsymsIndex
+
+            self._kallsyms = KallsymsIndex.load(self.kallsyms_path)
+        return self._kallsyms
+
+    def reload_kallsyms(self) -> None:
+        self._kallsyms = None
+        self._symbolizer = None
+
+    @property
+    def symbolizer(self) -> Symbolizer:
+        if self._symbolizer is None:
+            from ..symbols import Symbolizer
+
+            self._symbolizer = Symbolizer(self.kallsyms, self._progs.values())
+        return self._symbolizer

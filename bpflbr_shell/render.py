@@ -1,0 +1,152 @@
+"""Text and JSON views of kernel records: tables, program details, symbols.
+
+Pure functions from records to strings/dicts, so the shell, recordings and tests share them.
+JSON keys follow ``bpftool prog show --json`` where the same fact exists there.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from .kernel.model import ProgInfo, SubProg
+
+RESET, BOLD, DIM, CYAN, GREEN, YELLOW, RED = (
+    "\x1b[0m", "\x1b[1m", "\x1b[2m", "\x1b[36m", "\x1b[32m", "\x1b[33m", "\x1b[31m")
+
+
+def paint(text: str, style: str, color: bool) -> str:
+    return f"{style}{text}{RESET}" if color and text else text
+
+
+def table(headers: Sequence[str], rows: Iterable[Sequence[object]], color: bool = False,
+          right: Iterable[int] = ()) -> str:
+    """Aligned columns; ``right`` lists column indexes to right-align (numbers)."""
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [len(h) for h in headers]
+    for row in cells:
+        for i, c in enumerate(row):
+            widths[i] = max(widths[i], len(c))
+    right = set(right)
+
+    def fmt(row: Sequence[str]) -> str:
+        parts = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
+        return "  ".join(parts).rstrip()
+
+    lines = [paint(fmt(headers), BOLD, color)]
+    lines += [fmt(row) for row in cells]
+    return "\n".join(lines)
+
+
+def short_file(path: str) -> str:
+    """``/virtual/main.c`` -> ``main.c``; kernel-relative paths stay as they are."""
+    return os.path.basename(path) if path.startswith("/") else path
+
+
+def format_time(epoch: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(epoch))
+
+
+def avg_ns(prog: ProgInfo) -> str:
+    return str(prog.run_time_ns // prog.run_cnt) if prog.run_cnt else "-"
+
+
+# programs ------------------------------------------------------------------------------------
+def progs_table(progs: Sequence[ProgInfo], color: bool = False) -> str:
+    if not progs:
+        return "no BPF programs loaded"
+    rows = [
+        (p.id, p.type_name, p.func_name, p.tag, p.xlated_len, p.jited_len or "-",
+         ",".join(map(str, p.map_ids)) or "-", p.btf_id or "-", len(p.subprogs),
+         p.run_cnt, avg_ns(p), format_time(p.load_time_epoch))
+        for p in progs
+    ]
+    headers = ("ID", "TYPE", "NAME", "TAG", "XLATED", "JITED", "MAPS", "BTF", "FUNCS",
+               "RUN_CNT", "AVG_NS", "LOADED")
+    return table(headers, rows, color, right=(0, 4, 5, 7, 8, 9, 10))
+
+
+def subprog_to_json(sp: SubProg) -> dict[str, Any]:
+    return {
+        "index": sp.index, "name": sp.name, "ksym": sp.ksym, "addr": sp.addr, "size": sp.size,
+        "insn_off": sp.insn_off, "btf_type_id": sp.btf_type_id, "prototype": sp.prototype,
+        "lines": [
+            {"addr": li.addr, "insn_off": li.insn_off, "file": li.file, "line": li.line,
+             "col": li.col, "text": li.text}
+            for li in sp.lines
+        ],
+    }
+
+
+def prog_to_json(p: ProgInfo, detail: bool = False,
+                 pids: Sequence[tuple[int, str]] | None = None) -> dict[str, Any]:
+    d: dict[str, Any] = {
+        "id": p.id, "type": p.type_name, "name": p.name, "func_name": p.func_name, "tag": p.tag,
+        "gpl_compatible": p.gpl, "loaded_at": int(p.load_time_epoch), "uid": p.uid,
+        "bytes_xlated": p.xlated_len, "jited": p.jited, "bytes_jited": p.jited_len,
+        "map_ids": list(p.map_ids), "btf_id": p.btf_id, "run_time_ns": p.run_time_ns,
+        "run_cnt": p.run_cnt, "recursion_misses": p.recursion_misses,
+        "verified_insns": p.verified_insns,
+    }
+    if detail:
+        d["subprogs"] = [subprog_to_json(sp) for sp in p.subprogs]
+        if p.attach_btf_id:
+            d["attach_btf_obj_id"], d["attach_btf_id"] = p.attach_btf_obj_id, p.attach_btf_id
+        if pids is not None:
+            d["pids"] = [{"pid": pid, "comm": comm} for pid, comm in pids]
+    return d
+
+
+def prog_detail(p: ProgInfo, color: bool = False, pids: Sequence[tuple[int, str]] = (),
+                stats_enabled: bool | None = None) -> str:
+    """Everything we know about one program, for ``show prog``."""
+    out: list[str] = []
+    title = f"prog {p.id}  {p.type_name}  {p.func_name}"
+    if p.func_name != p.name:
+        title += f"  (kernel name {p.name})"
+    out.append(paint(title, BOLD, color))
+
+    def field(key: str, value: object) -> None:
+        out.append(f"  {key:<13}{value}")
+
+    field("tag", p.tag)
+    field("loaded", f"{format_time(p.load_time_epoch)}  by uid {p.uid}")
+    field("size", f"xlated {p.xlated_len} B, jited {p.jited_len} B"
+          + (f", verified {p.verified_insns} insns" if p.verified_insns else ""))
+    field("maps", ", ".join(map(str, p.map_ids)) or "none")
+    field("btf", p.btf_id or "none (no BTF: no function names or line info)")
+    field("gpl", "yes" if p.gpl else "no")
+    run = f"{p.run_cnt} runs, {p.run_time_ns} ns total, avg {avg_ns(p)} ns"
+    if stats_enabled is False:
+        run += "  (bpf_stats off: 'sysctl kernel.bpf_stats_enabled=1' to count)"
+    if p.recursion_misses:
+        run += f", {p.recursion_misses} recursion misses"
+    field("run", run)
+    if p.attach_btf_id:
+        field("attach btf", f"obj {p.attach_btf_obj_id} type {p.attach_btf_id}")
+    if pids:
+        field("held by", ", ".join(f"{comm}({pid})" for pid, comm in pids))
+    if not p.jited:
+        field("jit", "not JITed (interpreter): no image, no JIT line info")
+    field("functions", len(p.subprogs))
+    for sp in p.subprogs:
+        out.append("")
+        head = f"  [{sp.index}] {sp.ksym}  {sp.addr:#x}  {sp.size} B"
+        out.append(paint(head, CYAN, color))
+        if sp.prototype:
+            out.append(f"      {sp.prototype}")
+        for li in sp.lines:
+            where = f"{short_file(li.file)}:{li.line}:{li.col}" if li.line else "(no line)"
+            text = f"  {li.text}" if li.text else ""
+            out.append(f"      +{li.addr - sp.addr:<#6x} insn {li.insn_off:<5} {where}{text}")
+    return "\n".join(out)
+
+
+def bpf_stats_enabled() -> bool | None:
+    try:
+        with open("/proc/sys/kernel/bpf_stats_enabled") as f:
+            return f.read().strip() == "1"
+    except OSError:
+        return None
