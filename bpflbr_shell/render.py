@@ -29,10 +29,11 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], color: bool 
     for row in cells:
         for i, c in enumerate(row):
             widths[i] = max(widths[i], len(c))
-    right = set(right)
+    right_cols = set(right)
 
     def fmt(row: Sequence[str]) -> str:
-        parts = [c.rjust(widths[i]) if i in right else c.ljust(widths[i]) for i, c in enumerate(row)]
+        parts = [c.rjust(widths[i]) if i in right_cols else c.ljust(widths[i])
+                 for i, c in enumerate(row)]
         return "  ".join(parts).rstrip()
 
     lines = [paint(fmt(headers), BOLD, color)]
