@@ -1,0 +1,127 @@
+"""Decoding of the records our probes write into the ring buffer (see ``bpf/lbr_event.h``).
+
+``RawEvent`` mirrors ``struct lbr_event`` byte for byte; :func:`decode` turns one ring-buffer
+record into an :class:`Event` with plain Python values. Symbolization happens later, on demand,
+so the hot path stays a ctypes copy and a few attribute reads.
+"""
+
+from __future__ import annotations
+
+import ctypes
+from dataclasses import dataclass, field
+
+LBR_ENTRIES = 32
+MAX_ARGS = 6
+EV_ENTRY, EV_EXIT = 1, 2
+
+# perf_branch_entry.type (enum perf_branch_sample_type_shift order in uapi perf_event.h)
+BRANCH_TYPES = ("unknown", "cond", "uncond", "ind", "call", "ind_call", "ret", "syscall",
+                "sysret", "cond_call", "cond_ret", "eret", "irq", "serror", "no_tx", "extend_abi")
+
+
+class RawBranch(ctypes.Structure):
+    _fields_ = [("from_", ctypes.c_uint64), ("to", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
+
+
+def raw_event_type(lbr_entries: int = LBR_ENTRIES) -> type[ctypes.Structure]:
+    class RawEvent(ctypes.Structure):
+        _fields_ = [
+            ("ts_ns", ctypes.c_uint64),
+            ("duration_ns", ctypes.c_uint64),
+            ("func_ip", ctypes.c_uint64),
+            ("args", ctypes.c_uint64 * MAX_ARGS),
+            ("retval", ctypes.c_uint64),
+            ("pid", ctypes.c_uint32),
+            ("tid", ctypes.c_uint32),
+            ("cpu", ctypes.c_uint32),
+            ("kind", ctypes.c_uint32),
+            ("kstack_id", ctypes.c_int32),
+            ("ustack_id", ctypes.c_int32),
+            ("lbr_ret", ctypes.c_int32),
+            ("nr_lbr", ctypes.c_uint32),
+            ("comm", ctypes.c_char * 16),
+            ("lbr", RawBranch * lbr_entries),
+        ]
+
+    return RawEvent
+
+
+RawEvent = raw_event_type()
+
+
+@dataclass(frozen=True, slots=True)
+class Branch:
+    """One LBR record: a taken branch from ``src`` to ``dst``."""
+
+    src: int
+    dst: int
+    mispred: bool = False
+    cycles: int = 0
+    type: str = "unknown"
+
+    @classmethod
+    def from_raw(cls, src: int, dst: int, flags: int) -> Branch:
+        btype = (flags >> 20) & 0xF
+        return cls(src, dst, bool(flags & 1), (flags >> 4) & 0xFFFF,
+                   BRANCH_TYPES[btype] if btype < len(BRANCH_TYPES) else str(btype))
+
+
+@dataclass(slots=True)
+class Event:
+    """One decoded probe hit. ``lbr`` is most-recent-first, as the hardware reports it."""
+
+    probe: str
+    kind: str  # "entry" or "exit"
+    ts_ns: int
+    pid: int
+    tid: int
+    cpu: int
+    comm: str
+    func_ip: int
+    args: list[int]
+    retval: int | None
+    duration_ns: int | None
+    lbr_ret: int  # bytes of LBR written, or -errno from bpf_get_branch_snapshot
+    lbr: list[Branch] = field(default_factory=list)
+    kstack: list[int] = field(default_factory=list)
+    ustack: list[int] = field(default_factory=list)
+    func: str | None = None  # symbol of func_ip, filled by the trace
+    id: int = 0  # assigned by the event store
+
+    @property
+    def retval_signed(self) -> int | None:
+        if self.retval is None:
+            return None
+        return self.retval - (1 << 64) if self.retval >= 1 << 63 else self.retval
+
+
+def decode(data: bytes | int, size: int | None, probe: str, nargs: int = MAX_ARGS,
+           raw_type: type[ctypes.Structure] = RawEvent) -> tuple[Event, int, int]:
+    """Decode one record; returns the event and its (kernel, user) stack ids for later lookup.
+
+    ``data`` is either bytes or the raw pointer BCC's ring-buffer callback receives.
+    """
+    if isinstance(data, int):
+        raw = raw_type.from_address(data)  # valid only inside the callback: copy out below
+    else:
+        raw = raw_type.from_buffer_copy(data)
+    is_exit = raw.kind == EV_EXIT
+    lbr: list[Branch] = []
+    if raw.nr_lbr:
+        lbr = [Branch.from_raw(b.from_, b.to, b.flags) for b in raw.lbr[: raw.nr_lbr]]
+    event = Event(
+        probe=probe,
+        kind="exit" if is_exit else "entry",
+        ts_ns=raw.ts_ns,
+        pid=raw.pid,
+        tid=raw.tid,
+        cpu=raw.cpu,
+        comm=raw.comm.decode("utf-8", "replace"),
+        func_ip=raw.func_ip,
+        args=list(raw.args[:nargs]),
+        retval=raw.retval if is_exit else None,
+        duration_ns=raw.duration_ns if is_exit else None,
+        lbr_ret=raw.lbr_ret,
+        lbr=lbr,
+    )
+    return event, raw.kstack_id, raw.ustack_id
