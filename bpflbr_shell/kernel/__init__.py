@@ -2,3 +2,12 @@
 
 Nothing here imports the shell, and nothing privileged runs at import time.
 """
+
+from typing import Any
+
+
+def open_kernel(ctx: Any = None) -> Any:
+    """The live kernel view for a shell session (imported lazily: nothing runs at import)."""
+    from .view import KernelView
+
+    return KernelView()

@@ -1,0 +1,139 @@
+"""``show progs|prog|ksym`` and ``disasm prog``: the kernel view, printed.
+
+The commands only parse, ask ``ctx.kernel`` and hand records to the renderers; they derive no
+kernel facts themselves.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Iterable
+
+from bpflbr_shell import render
+from bpflbr_shell.errors import NotFoundError
+from bpflbr_shell.kernel.selectors import SELECTOR_HELP
+from bpflbr_shell.shell.context import Context
+from bpflbr_shell.shell.registry import argument, command
+
+
+def complete_prog(ctx: Context, prefix: str) -> Iterable[tuple[str, str]]:
+    """Prog ids and names (with ``name:`` / ``tag:`` forms) for selector arguments."""
+    try:
+        progs = ctx.kernel.progs()
+    except Exception:  # completion must never raise into the prompt
+        return []
+    out: list[tuple[str, str]] = []
+    for p in progs:
+        meta = f"{p.type_name} {p.func_name}"
+        out.append((str(p.id), meta))
+        out.append((p.func_name, f"id {p.id}"))
+        out.append((f"name:{p.func_name}", f"id {p.id}"))
+        out.append((f"tag:{p.tag}", f"id {p.id}"))
+    return out
+
+
+def complete_ksym(ctx: Context, prefix: str) -> Iterable[str]:
+    if len(prefix) < 2:
+        return []
+    try:
+        return ctx.kernel.kallsyms.names_matching(prefix + "*", limit=200)
+    except Exception:
+        return []
+
+
+@command("show progs", help="list loaded BPF programs (optionally those matching SEL)")
+@argument("selector", nargs="?", default="*", metavar="SEL", completer=complete_prog,
+          help=f"program selector: {SELECTOR_HELP}")
+def cmd_show_progs(ctx: Context, args: argparse.Namespace) -> None:
+    progs = ctx.kernel.select(args.selector, must_match=args.selector != "*")
+    if args.json:
+        ctx.print_json([render.prog_to_json(p) for p in progs])
+    else:
+        ctx.print(render.progs_table(progs, color=ctx.use_color()))
+
+
+@command("show prog", help="everything the kernel knows about one program")
+@argument("selector", metavar="SEL", completer=complete_prog,
+          help=f"program selector: {SELECTOR_HELP}")
+def cmd_show_prog(ctx: Context, args: argparse.Namespace) -> None:
+    from bpflbr_shell.kernel.selectors import processes_holding
+
+    progs = ctx.kernel.select(args.selector)
+    docs = []
+    for i, p in enumerate(progs):
+        pids = processes_holding(p.id)
+        if args.json:
+            docs.append(render.prog_to_json(p, detail=True, pids=pids))
+            continue
+        if i:
+            ctx.print()
+        ctx.print(render.prog_detail(p, color=ctx.use_color(), pids=pids,
+                                     stats_enabled=render.bpf_stats_enabled()))
+    if args.json:
+        ctx.print_json(docs if len(docs) > 1 else docs[0])
+
+
+@command("show ksym", help="look up a kernel symbol by name, or an address by value")
+@argument("what", metavar="NAME|ADDR", completer=complete_ksym,
+          help="symbol name (globs allowed) or address (0x...)")
+def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> None:
+    kernel = ctx.kernel
+    text: str = args.what
+    rows: list[dict[str, object]] = []
+    if text.lower().startswith("0x") or text.isdigit():
+        try:
+            addr = int(text, 0)
+        except ValueError:
+            raise NotFoundError(f"'{text}' is not an address", "write it as 0xffff...") from None
+        kernel.progs()  # register every program so BPF addresses resolve with line info
+        loc = kernel.symbolizer.symbolize(addr)
+        if loc.func is None:
+            raise NotFoundError(f"no kernel or BPF symbol contains {addr:#x}")
+        rows.append({"addr": addr, "symbol": loc.func, "offset": loc.offset,
+                     "module": loc.module, "kind": loc.kind, "file": loc.file,
+                     "line": loc.line, "col": loc.col, "where": loc.format()})
+    else:
+        names = ([text] if not any(c in text for c in "*?[")
+                 else kernel.kallsyms.names_matching(text, limit=500))
+        for name in names:
+            for ksym in kernel.kallsyms.symbols_named(name):
+                rows.append({"addr": ksym.addr, "symbol": ksym.name, "offset": 0,
+                             "module": ksym.module, "kind": "bpf" if ksym.module == "bpf"
+                             else "module" if ksym.module else "kernel",
+                             "type": ksym.type, "size": ksym.size})
+        if not rows:
+            raise NotFoundError(f"no kernel symbol named '{text}'",
+                                "globs work: show ksym 'tcp_v4_*'")
+    if args.json:
+        ctx.print_json(rows)
+        return
+    if "where" in rows[0]:
+        ctx.print(f"{rows[0]['addr']:#x}  {rows[0]['where']}")
+        return
+    ctx.print(render.table(
+        ("ADDRESS", "TYPE", "SIZE", "SYMBOL", "MODULE"),
+        ((f"{r['addr']:#x}", r["type"], r["size"], r["symbol"], r["module"] or "")
+         for r in rows),
+        ctx.use_color(), right=(2,)))
+
+
+@command("disasm prog", help="disassemble a program's JIT image with source lines and symbols")
+@argument("selector", metavar="SEL", completer=complete_prog,
+          help=f"program selector: {SELECTOR_HELP}")
+@argument("func", nargs="?", metavar="FUNC",
+          help="only this subprogram (BTF name, ksym name or index)")
+@argument("--intel", action="store_true", help="Intel syntax (default: AT&T)")
+@argument("--json", action="store_true", help="JSON output")
+def cmd_disasm_prog(ctx: Context, args: argparse.Namespace) -> None:
+    from bpflbr_shell.disasm import disasm_to_json, disassemble_prog, render_disasm_text
+
+    kernel = ctx.kernel
+    prog = kernel.select_one(args.selector)
+    kernel.progs()  # every program's ranges, so calls into other progs resolve with lines
+    func = int(args.func) if args.func and args.func.isdigit() else args.func
+    funcs = disassemble_prog(prog, kernel.symbolizer,
+                             syntax="intel" if args.intel else "att", func=func)
+    if args.json:
+        ctx.print_json({"prog": render.prog_to_json(prog), "functions": disasm_to_json(funcs)})
+    else:
+        ctx.write(render_disasm_text(funcs, color=ctx.use_color()))
