@@ -181,5 +181,8 @@ class ShellCompleter(Completer):
                         complete_event: CompleteEvent) -> Iterator[Completion]:
         found, raw_len = candidates(self.ctx, document.text_before_cursor)
         for cand in found:
-            yield Completion(quote_word(cand.text), start_position=-raw_len,
+            # A finished word gets its separating space, as in bash and gdb; a directory or
+            # ``--opt=`` is not finished.
+            tail = "" if cand.text.endswith(("/", "=")) else " "
+            yield Completion(quote_word(cand.text) + tail, start_position=-raw_len,
                              display=cand.text, display_meta=cand.meta or None)
