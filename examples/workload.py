@@ -73,7 +73,8 @@ def compile_object(src: Path, cache_dir: Path, clang: str) -> Path:
     version = subprocess.run([clang, "--version"], capture_output=True, text=True,
                              check=True).stdout
     key = hashlib.sha256(
-        src.read_bytes() + "\0".join(CFLAGS).encode() + version.encode()).hexdigest()[:16]
+        src.read_bytes() + "\0".join(CFLAGS).encode() + version.encode()
+        + b"\0debug-prefix-v2").hexdigest()[:16]
     out = cache_dir / f"{src.name.removesuffix('.c')}-{key}.o"
     if out.exists():
         return out
@@ -81,8 +82,13 @@ def compile_object(src: Path, cache_dir: Path, clang: str) -> Path:
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".o.tmp")
     os.close(fd)
     try:
-        proc = subprocess.run([clang, *CFLAGS, "-c", str(src), "-o", tmp],
-                              capture_output=True, text=True)
+        # Compile from the repo root with the root mapped away, so BTF line info names the
+        # file as the repo does (examples/lbrdemo.bpf.c), not by this checkout's path; clang
+        # still finds the source lines it records in BTF (relative to its cwd).
+        root = src.parent.parent
+        proc = subprocess.run(
+            [clang, *CFLAGS, f"-fdebug-prefix-map={root}=", "-c",
+             str(src.relative_to(root)), "-o", tmp], capture_output=True, text=True, cwd=root)
         if proc.returncode != 0:
             raise SystemExit(f"workload: clang failed on {src}:\n{proc.stderr}")
         os.replace(tmp, out)
