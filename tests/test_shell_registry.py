@@ -148,3 +148,16 @@ def test_shlex_comments_and_blank_lines(reg: Registry) -> None:
 def test_unbalanced_quotes_are_usage_errors(reg: Registry) -> None:
     with pytest.raises(UsageError, match="No closing quotation"):
         run(reg, "show progs 'oops")
+
+
+def test_show_command_declaring_its_own_json_is_fine() -> None:
+    reg = Registry()
+    seen = []
+
+    @reg.command("show things")
+    @argument("--json", action="store_true", help="my own")
+    def show_things(ctx: Context, args: argparse.Namespace) -> None:
+        seen.append(args.json)
+
+    run(reg, "show things --json")
+    assert seen == [True]

@@ -156,7 +156,7 @@ class Command:
                 self.completers.setdefault(action.dest, spec.completer)
         if self.build is not None:
             self.build(parser)
-        if self.json:
+        if self.json and "--json" not in parser._option_string_actions:
             parser.add_argument("--json", action="store_true", help="print JSON instead of text")
         return parser
 
