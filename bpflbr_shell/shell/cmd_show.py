@@ -137,3 +137,14 @@ def cmd_disasm_prog(ctx: Context, args: argparse.Namespace) -> None:
         ctx.print_json({"prog": render.prog_to_json(prog), "functions": disasm_to_json(funcs)})
     else:
         ctx.write(render_disasm_text(funcs, color=ctx.use_color()))
+
+
+@command("show features", help="what this kernel and machine can trace, and how to fix what not")
+def cmd_show_features(ctx: Context, args: argparse.Namespace) -> None:
+    from bpflbr_shell.kernel import features
+
+    found = features.probe_features()
+    if args.json:
+        ctx.print_json(features.to_json(found))
+    else:
+        ctx.print(features.render_features(found))
