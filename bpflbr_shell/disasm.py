@@ -315,53 +315,52 @@ def _header(sp: SubProg) -> tuple[str, str]:
 
 
 def render_disasm_text(funcs: list[DisasmFunc], color: bool = False) -> str:
-    """The annotated listing, one block per function, columns aligned within each block."""
+    """The annotated listing, one block per function.
+
+    Column widths are computed over all the functions shown, so blocks line up with each other;
+    the symbol comments start in one column (operands longer than ``_OPERAND_MAX`` push their
+    own comment right instead of pushing every comment right).
+    """
 
     def paint(kind: str, text: str) -> str:
         return f"{_STYLE[kind]}{text}{_RESET}" if color and text else text
 
-    blocks: list[str] = []
-    for fn in funcs:
-        insns = fn.insns
-        w_hex = max((len(f"{i.offset:x}") for i in insns), default=1)
-        w_dec = max((len(f"<+{i.offset}>") for i in insns), default=4)
-        w_mn = max([_MNEMONIC_MIN] + [len(i.mnemonic) for i in insns])
-        ops = [_operand_text(fn, i) for i in insns]
-        comments = [_comment(i) for i in insns]
-        w_op = min(_OPERAND_MAX, max((len(o) for o, c in zip(ops, comments, strict=True) if c),
-                                     default=0))
-        prefix_len = 2 + w_hex + 1 + 2 + w_dec + 2  # "  " hex ":" "  " <+dec> "  "
+    every = [i for fn in funcs for i in fn.insns]
+    w_hex = max((len(f"{i.offset:x}") for i in every), default=1)
+    w_dec = max((len(f"<+{i.offset}>") for i in every), default=4)
+    w_mn = max([_MNEMONIC_MIN] + [len(i.mnemonic) for i in every])
+    rows = [[(i, _operand_text(fn, i), _comment(i)) for i in fn.insns] for fn in funcs]
+    w_op = min(_OPERAND_MAX, max((len(op) for r in rows for _, op, c in r if c), default=0))
+    comment_col = 2 + w_hex + 1 + 2 + w_dec + 2 + w_mn + 1 + w_op + 2
 
+    blocks: list[str] = []
+    for fn, fn_rows in zip(funcs, rows, strict=True):
         label, head_comment = _header(fn.subprog)
-        pad = max(len(label) + 1, prefix_len + w_mn + 1)
-        lines = [paint("header", label) + (" " * (pad - len(label)) + paint("comment", head_comment)
-                                          if head_comment else "")]
+        out = [paint("header", label)]
+        if head_comment:
+            out[0] += " " * max(1, comment_col - len(label)) + paint("comment", head_comment)
         last_src: tuple[str, int, int, str] | None = None
-        for insn, op, comment in zip(insns, ops, comments, strict=True):
+        for insn, op, comment in fn_rows:
             for li in insn.lines:
                 key = (li.file, li.line, li.col, li.text)
                 if li.line == 0 or key == last_src:
                     continue  # line 0 = "no source" records (BCC emits them, empty text)
                 last_src = key
-                lines.append(paint("source", _source_comment(li)))
+                out.append(paint("source", _source_comment(li)))
             row = (
                 "  "
                 + paint("offset", f"{insn.offset:>{w_hex}x}:")
                 + "  "
                 + paint("offset", f"{f'<+{insn.offset}>':<{w_dec}}")
                 + "  "
+                + paint("bad" if insn.bad else "mnemonic", insn.mnemonic)
             )
-            mn_kind = "bad" if insn.bad else "mnemonic"
             if op or comment:
-                row += paint(mn_kind, insn.mnemonic) + " " * (w_mn + 1 - len(insn.mnemonic))
-            else:
-                row += paint(mn_kind, insn.mnemonic)
+                row += " " * (w_mn + 1 - len(insn.mnemonic)) + op
             if comment:
-                row += op + " " * max(1, w_op + 2 - len(op)) + paint("comment", comment)
-            else:
-                row += op
-            lines.append(row.rstrip())
-        blocks.append("\n".join(lines))
+                row += " " * max(1, w_op + 2 - len(op)) + paint("comment", comment)
+            out.append(row)
+        blocks.append("\n".join(out))
     return "\n\n".join(blocks) + ("\n" if blocks else "")
 
 
