@@ -1,0 +1,77 @@
+"""Compiling our BPF C with BCC: source lookup, compile-time knobs, headers, tracefs.
+
+Knobs reach the C only as ``-DNAME=<int>`` built from the tool's own integer settings, so no
+user text is ever pasted into a program.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+from ..errors import FeatureError, PrivilegeError
+
+BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+_KNOB = re.compile(r"[A-Z][A-Z0-9_]*")
+
+
+def import_bcc() -> Any:
+    try:
+        import bcc
+    except ImportError:
+        raise FeatureError("BCC's Python module is not importable",
+                           "apt-get install python3-bpfcc and use a venv with "
+                           "--system-site-packages (scripts/bootstrap.sh does both)") from None
+    return bcc
+
+
+def headers_status() -> tuple[bool, str]:
+    """Whether BCC will find kernel headers, and a sentence saying which it will use."""
+    release = os.uname().release
+    build = Path(f"/lib/modules/{release}/build")
+    if not build.exists():
+        return False, f"no kernel headers at {build}"
+    real = build.resolve()
+    if release in real.name:
+        return True, f"headers for {release} at {real}"
+    return True, f"headers at {real} do NOT match the running kernel {release}"
+
+
+def ensure_tracefs() -> None:
+    """Mount tracefs if nobody has: BCC's uprobe detach path reads ``uprobe_events``."""
+    if os.path.exists("/sys/kernel/tracing/uprobe_events"):
+        return
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ret = libc.mount(b"nodev", b"/sys/kernel/tracing", b"tracefs", 0, None)
+    if ret != 0 and not os.path.exists("/sys/kernel/tracing/uprobe_events"):
+        err = ctypes.get_errno()
+        raise FeatureError(f"cannot mount tracefs at /sys/kernel/tracing ({os.strerror(err)})",
+                           "mount -t tracefs nodev /sys/kernel/tracing")
+
+
+def compile_program(source: str, knobs: dict[str, int]) -> Any:
+    """A ``bcc.BPF`` for ``bpf/<source>`` with integer ``knobs`` as -D defines."""
+    if os.geteuid() != 0:
+        raise PrivilegeError("loading BPF programs needs root (CAP_BPF, CAP_PERFMON)",
+                             "run bpflbr-shell as root")
+    bcc = import_bcc()
+    ok, detail = headers_status()
+    if not ok:
+        raise FeatureError(f"BCC cannot compile: {detail}",
+                           "install linux-headers for this kernel (scripts/bootstrap.sh)")
+    cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"]
+    for name, value in sorted(knobs.items()):
+        if not _KNOB.fullmatch(name) or not isinstance(value, int):
+            raise ValueError(f"bad compile knob {name}={value!r}")
+        cflags.append(f"-D{name}={value}")
+    path = BPF_DIR / source
+    try:
+        return bcc.BPF(src_file=str(path).encode(), cflags=cflags)
+    except Exception as exc:
+        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise FeatureError(f"BCC failed to build {source}: {msg} ({detail})",
+                           "see 'show features' for BCC headers") from None
