@@ -13,7 +13,7 @@ from prompt_toolkit.document import Document
 from bpflbr_shell.errors import PrivilegeError
 from bpflbr_shell.shell import load_builtin_commands
 from bpflbr_shell.shell.completion import ShellCompleter, candidates, split_for_completion
-from bpflbr_shell.shell.context import Context
+from bpflbr_shell.shell.context import SETTINGS, Context
 from bpflbr_shell.shell.registry import Registry, argument
 
 
@@ -95,7 +95,8 @@ def test_failing_hook_gives_no_candidates(ctx: Context) -> None:
 
 
 def test_builtin_hooks(ctx: Context, tmp_path: Path, monkeypatch) -> None:
-    assert texts(ctx, "set ") == ["color", "debug"]
+    names = texts(ctx, "set ")
+    assert names == sorted(SETTINGS) and {"color", "debug"} <= set(names)
     assert texts(ctx, "set debug ") == ["off", "on"]
     assert texts(ctx, "set color a") == ["auto"]
     assert texts(ctx, "help show pr") == ["prog", "progs"]
