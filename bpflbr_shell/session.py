@@ -92,10 +92,32 @@ class Trace:
     limit: int | None = None
     thread: threading.Thread | None = None
     stop_flag: threading.Event = field(default_factory=threading.Event)
+    final: dict[str, int] | None = None  # counters read just before detaching
+
+    def counters(self) -> dict[str, int]:
+        """In-kernel counters (hits, drops, ...) plus our own; live while running."""
+        live = self.final if self.final is not None else snapshot_counters(self.tracer)
+        return {**live, "delivered": self.delivered}
 
     @property
     def running(self) -> bool:
         return self.stopped_ns is None
+
+
+def snapshot_counters(tracer: Any) -> dict[str, int]:
+    """The tracer's per-CPU counters summed, its ring-buffer bytes, and bpf_stats of its
+    programs (run_cnt/run_time_ns need ``kernel.bpf_stats_enabled``, which traces turn on)."""
+    out = dict(tracer.counters())
+    out["bytes"] = tracer.bytes
+    run_cnt = run_ns = 0
+    for fd in tracer.prog_fds():
+        from .kernel.progs import read_raw_prog_info_fd
+
+        raw = read_raw_prog_info_fd(fd, with_btf=False)
+        run_cnt += raw.run_cnt
+        run_ns += raw.run_time_ns
+    out["run_cnt"], out["run_time_ns"] = run_cnt, run_ns
+    return out
 
 
 class Session:
@@ -140,6 +162,11 @@ class Session:
         thread = trace.thread
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5)
+        if trace.final is None:
+            try:
+                trace.final = snapshot_counters(trace.tracer)
+            except Exception:
+                trace.final = {}
         trace.tracer.close()
         if trace.stopped_ns is None:
             trace.stopped_ns = time.monotonic_ns()

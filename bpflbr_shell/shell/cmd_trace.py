@@ -275,3 +275,26 @@ def cmd_show_event(ctx: Context, args: argparse.Namespace) -> None:
                                      rt.params.get((event.pid, event.func or ""))))
     else:
         print_event(ctx, rt, event, False, opts)
+
+
+@command("show stats", help="per trace: hits, drops, bytes, in-kernel time per event")
+def cmd_show_stats(ctx: Context, args: argparse.Namespace) -> None:
+    rt = runtime(ctx)
+    rows = []
+    for t in rt.session.traces.values():
+        c = t.counters()
+        per = c.get("run_time_ns", 0) // c["run_cnt"] if c.get("run_cnt") else None
+        rows.append({"id": t.id, "spec": t.spec, "running": t.running, **c,
+                     "ns_per_run": per})
+    if args.json:
+        ctx.print_json(rows)
+        return
+    if not rows:
+        ctx.print("no traces")
+        return
+    ctx.print(table(
+        ("ID", "HITS", "EVENTS", "DROPS", "FILTERED", "LBR_ERR", "BYTES", "NS/RUN", "SPEC"),
+        ((r["id"], r.get("hits", "-"), r["delivered"], r.get("drops", "-"),
+          r.get("filtered", "-"), r.get("lbr_errors", "-"), r.get("bytes", "-"),
+          r["ns_per_run"] if r["ns_per_run"] is not None else "-", r["spec"]) for r in rows),
+        ctx.use_color(), right=range(8)))
