@@ -289,12 +289,7 @@ def test_subprograms_and_selection(libbpf_prog_id: int, symbolizer_for):
         disassemble_prog(prog, sym, func="no_such_subprogram")
 
 
-def test_headers_name_the_kallsyms_symbols(request: pytest.FixtureRequest, prog: ProgInfo,
-                                           funcs: list[DisasmFunc]):
-    if len(prog.subprogs) > 1:
-        request.applymarker(pytest.mark.xfail(
-            reason="kernel/progs.decode_prog_info names subprogram 0 after prog_tags[0]; "
-            "kallsyms uses the prog tag (see tests/test_disasm_unit.py)", strict=False))
+def test_headers_name_the_kallsyms_symbols(prog: ProgInfo, funcs: list[DisasmFunc]):
     names_at: dict[int, set[str]] = {sp.addr: set() for sp in prog.subprogs}
     for row in Path("/proc/kallsyms").read_text().splitlines():
         if row.endswith("[bpf]"):

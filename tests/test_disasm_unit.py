@@ -113,21 +113,9 @@ def test_json_keeps_full_paths_and_round_trips(path: Path):
                 assert i["target_sym"]["func"] and i["target_sym"]["offset"] == 0
 
 
-MAIN_KSYM_BUG = pytest.mark.xfail(
-    reason="kernel/progs.decode_prog_info names subprogram 0 bpf_prog_<prog_tags[0]>_..., but "
-    "kallsyms names the main function after the prog tag (bpf_prog_<tag>_...) when there are "
-    "subprograms; progs.py's owner to fix, then regenerate tests/golden/disasm-*.txt",
-    strict=False,
-)
-
-
-def _multi(path: Path) -> bool:
-    return len(json.loads(path.read_text())["raw"]["jited_ksyms"]) > 1
-
-
 @pytest.mark.parametrize(
     "path",
-    [pytest.param(p, id=p.stem, marks=[MAIN_KSYM_BUG] if _multi(p) else []) for p in PROG_FIXTURES],
+    [pytest.param(p, id=p.stem) for p in PROG_FIXTURES],
 )
 def test_headers_name_the_kallsyms_symbols(path: Path):
     prog, sym, _ = _load(path)

@@ -116,9 +116,6 @@ def test_kallsyms_slice_covers_prog_symbols_and_call_targets() -> None:
     assert {"_stext", "bpf_map_lookup_elem", "__x86_return_thunk"} <= names
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "decode_prog_info names subprog 0 with prog_tags[0]; the kernel's kallsyms name of a "
-    "multi-function prog's main function uses the prog tag (bpf_prog_<tag>_<name>)"))
 def test_main_function_ksym_matches_kallsyms() -> None:
     raw = RawProgInfo.from_json(load("tc_classify")["raw"])
     info = decode_prog_info(raw, boot_epoch=0.0)

@@ -167,7 +167,9 @@ def decode_prog_info(raw: RawProgInfo, boot_epoch: float | None = None) -> ProgI
     for i, (addr, size) in enumerate(zip(raw.jited_ksyms, raw.jited_func_lens, strict=True)):
         insn_off, type_id = raw.func_info[i] if i < len(raw.func_info) else (0, 0)
         btf_name = btf.func_name(type_id) if btf and type_id else None
-        tag = raw.prog_tags[i] if i < len(raw.prog_tags) else raw.tag
+        # kallsyms names the main function after the whole program's tag, the others after
+        # their own (prog_tags[i])
+        tag = raw.prog_tags[i] if 0 < i < len(raw.prog_tags) else raw.tag
         name = btf_name or raw.name
         ksym = f"bpf_prog_{tag}_{name}" if name else f"bpf_prog_{tag}"
         subprogs.append(SubProg(
