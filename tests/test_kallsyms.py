@@ -241,7 +241,10 @@ def live_rows():
 def test_live_random_addresses_match_linear_scan(live_rows):
     """Random addresses across kernel text, checked against a brute-force scan of all lines."""
     index = KallsymsIndex.load()
-    assert len(index) == len(live_rows)
+    # [bpf] lines come and go as programs load (other tests, other users): compare the rest
+    assert sum(1 for s in index if s.module != "bpf") == sum(
+        1 for r in live_rows if r[3] != "bpf"
+    )
     by_name = {r[2]: r[0] for r in live_rows}
     lo, hi = by_name["_stext"], by_name["_etext"]
     rnd = random.Random(42)
@@ -267,7 +270,7 @@ def test_live_every_text_symbol_maps_into_its_group(live_rows):
     for a, _t, n, _m in live_rows:
         names_at[a].add(n)
     for a, t, n, m in live_rows:
-        if t not in TEXT or END_MARKERS.fullmatch(n):
+        if t not in TEXT or END_MARKERS.fullmatch(n) or m == "bpf":  # bpf: may be gone by now
             continue
         got = index.lookup(a)
         if got is None:  # only an end marker may win a group over code
