@@ -87,6 +87,7 @@ class Event:
     ustack: list[int] = field(default_factory=list)
     func: str | None = None  # symbol of func_ip, filled by the trace
     id: int = 0  # assigned by the event store
+    trace_id: int = 0  # the trace that produced it
 
     @property
     def retval_signed(self) -> int | None:

@@ -93,6 +93,8 @@ class Trace:
     thread: threading.Thread | None = None
     stop_flag: threading.Event = field(default_factory=threading.Event)
     final: dict[str, int] | None = None  # counters read just before detaching
+    tracer_ranges: tuple[Any, ...] = ()  # LBR trimming: the tracer's own code
+    keep_ranges: tuple[Any, ...] = ()  # LBR trimming: the range of interest
 
     def counters(self) -> dict[str, int]:
         """In-kernel counters (hits, drops, ...) plus our own; live while running."""

@@ -7,6 +7,7 @@ turns command lines into tracers and events into output.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import re
@@ -90,8 +91,18 @@ def render_options(ctx: Context, trace_opts: dict[str, Any] | None = None) -> Re
                          show_kstack=opts.get("kstack", False))
 
 
+def options_for(rt: Runtime, event: Event, opts: RenderOptions) -> RenderOptions:
+    """``opts`` with the LBR ranges of the trace that produced ``event``."""
+    trace = rt.session.traces.get(event.trace_id)
+    if trace is None or not event.lbr:
+        return opts
+    return dataclasses.replace(opts, tracer_ranges=trace.tracer_ranges,
+                               keep_ranges=trace.keep_ranges)
+
+
 def print_event(ctx: Context, rt: Runtime, event: Event, as_json: bool,
                 opts: RenderOptions) -> None:
+    opts = options_for(rt, event, opts)
     params = rt.params.get((event.pid, event.func or ""))
     symbolize = symbolizer_for(ctx, rt)
     if as_json:
@@ -130,6 +141,7 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
         if trace.stop_flag.is_set():
             return
         tracer = trace.tracer
+        event.trace_id = trace.id
         event.kstack = tracer.stack(kstack)
         event.ustack = tracer.stack(ustack)
         rt.user_syms.prepare(event.pid)
@@ -154,6 +166,11 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
         return UprobeTracer(targets, opts, on_event, label)
 
     trace = session.add(args.target, make, deliver)
+    if not trace.tracer.lbr_off_reason and args.lbr:
+        from bpflbr_shell.probes.ranges import tracer_ranges
+
+        trace.tracer_ranges = tuple(tracer_ranges(trace.tracer.prog_fds(), ctx.kernel.kallsyms))
+        trace.keep_ranges = tuple(trace.tracer.keep_ranges())
     trace.spec = f"{kind} {args.target}" + (f" --pid {args.pid}" if args.pid else "")
     trace.limit = args.limit
     names = ", ".join(t.name for t in targets[:5]) + (" ..." if len(targets) > 5 else "")
@@ -253,8 +270,8 @@ def cmd_show_events(ctx: Context, args: argparse.Namespace) -> None:
     opts = render_options(ctx)
     if args.json:
         symbolize = symbolizer_for(ctx, rt)
-        ctx.print_json([event_to_json(e, symbolize, opts, rt.params.get((e.pid, e.func or "")))
-                        for e in events])
+        ctx.print_json([event_to_json(e, symbolize, options_for(rt, e, opts),
+                                      rt.params.get((e.pid, e.func or ""))) for e in events])
         return
     if not events:
         ctx.print("no events stored")
@@ -271,7 +288,7 @@ def cmd_show_event(ctx: Context, args: argparse.Namespace) -> None:
     opts = render_options(ctx, {"kstack": args.kstack})
     if args.json:
         symbolize = symbolizer_for(ctx, rt)
-        ctx.print_json(event_to_json(event, symbolize, opts,
+        ctx.print_json(event_to_json(event, symbolize, options_for(rt, event, opts),
                                      rt.params.get((event.pid, event.func or ""))))
     else:
         print_event(ctx, rt, event, False, opts)
