@@ -120,7 +120,8 @@ def prog_detail(p: ProgInfo, color: bool = False, pids: Sequence[tuple[int, str]
     field("btf", p.btf_id or "none (no BTF: no function names or line info)")
     field("gpl", "yes" if p.gpl else "no")
     run = f"{p.run_cnt} runs, {p.run_time_ns} ns total, avg {avg_ns(p)} ns"
-    if stats_enabled is False:
+    if stats_enabled is False and not p.run_cnt:
+        # the sysctl may be off while some process holds stats on through BPF_ENABLE_STATS
         run += "  (bpf_stats off: 'sysctl kernel.bpf_stats_enabled=1' to count)"
     if p.recursion_misses:
         run += f", {p.recursion_misses} recursion misses"
