@@ -10,8 +10,17 @@
 #ifndef CAPTURE_LBR
 #define CAPTURE_LBR 0
 #endif
-#ifndef CAPTURE_STACK
-#define CAPTURE_STACK 1
+#ifndef CAPTURE_USTACK
+#define CAPTURE_USTACK 1
+#endif
+#ifndef CAPTURE_KSTACK
+#define CAPTURE_KSTACK 1
+#endif
+/* Events are submitted without waking the reader (it drains the ring every 100 ms anyway);
+ * every WAKEUP_EVERY-th event on a CPU forces a wakeup, so a busy target does not pay an
+ * irq_work per event and a burst still reaches the reader before the ring fills. */
+#ifndef WAKEUP_EVERY
+#define WAKEUP_EVERY 32
 #endif
 #ifndef RINGBUF_PAGES
 #define RINGBUF_PAGES 64
@@ -33,7 +42,8 @@
 #define STAT_FILTERED 2
 #define STAT_LBR_ERRORS 3
 #define STAT_MISSED_ENTRY 4
-#define STAT_MAX 5
+#define STAT_SUBMITTED 5
+#define STAT_MAX 6
 
 struct lbr_event {
     u64 ts_ns;          /* bpf_ktime_get_ns() at the probe */
@@ -50,11 +60,11 @@ struct lbr_event {
     s32 lbr_ret;        /* bpf_get_branch_snapshot(): bytes written, or -errno */
     u32 nr_lbr;
     char comm[16];
-    struct perf_branch_entry lbr[LBR_ENTRIES];
+    struct perf_branch_entry lbr[LBR_ENTRIES]; /* LBR_ENTRIES is 0 when LBR is off */
 };
 
 struct lbr_buf {
-    struct perf_branch_entry entries[LBR_ENTRIES];
+    struct perf_branch_entry entries[LBR_ENTRIES > 0 ? LBR_ENTRIES : 1];
 };
 
 struct probe_config {

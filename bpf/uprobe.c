@@ -19,11 +19,13 @@ BPF_HASH(active, u32, struct entry_state, MAX_ACTIVE);
 BPF_STACK_TRACE(stacks, STACK_SLOTS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
-static inline void count(int which)
+static inline u64 count(int which)
 {
     u64 *v = stats.lookup(&which);
-    if (v)
-        *v += 1;
+    if (!v)
+        return 0;
+    *v += 1;
+    return *v;
 }
 
 static inline int filtered_out(u32 tgid)
@@ -54,22 +56,26 @@ static inline int emit(struct pt_regs *ctx, struct lbr_buf *lbr, long lbr_ret, u
     for (int i = 0; i < MAX_ARGS; i++)
         ev->args[i] = st->args[i];
     bpf_get_current_comm(&ev->comm, sizeof(ev->comm));
-#if CAPTURE_STACK
+#if CAPTURE_KSTACK
     ev->kstack_id = stacks.get_stackid(ctx, 0);
-    ev->ustack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
 #else
     ev->kstack_id = -2;
+#endif
+#if CAPTURE_USTACK
+    ev->ustack_id = stacks.get_stackid(ctx, BPF_F_USER_STACK);
+#else
     ev->ustack_id = -2;
 #endif
     ev->lbr_ret = lbr_ret;
     ev->nr_lbr = 0;
-#if CAPTURE_LBR
+#if CAPTURE_LBR && LBR_ENTRIES > 0
     if (lbr && lbr_ret > 0) {
         ev->nr_lbr = lbr_ret / sizeof(struct perf_branch_entry);
         __builtin_memcpy(ev->lbr, lbr->entries, sizeof(ev->lbr));
     }
 #endif
-    events.ringbuf_submit(ev, 0);
+    u64 n = count(STAT_SUBMITTED);
+    events.ringbuf_submit(ev, n % WAKEUP_EVERY ? BPF_RB_NO_WAKEUP : BPF_RB_FORCE_WAKEUP);
     return 0;
 }
 

@@ -17,12 +17,14 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import NotFoundError, UsageError, UserError
-from ..events import LBR_ENTRIES, Event, decode
+from ..events import LBR_ENTRIES, Event, decode_record, raw_event_type
 from ..lbr import USER_SPACE, AddrRange
 from . import bccprog
+from .ringbuf import RingBufReader
 
 MAX_TARGETS = 256
-STATS = ("hits", "drops", "filtered", "lbr_errors", "missed_entry")
+STACK_CACHE = 4096
+STATS = ("hits", "drops", "filtered", "lbr_errors", "missed_entry", "submitted")
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,9 +39,10 @@ class UprobeOptions:
     retprobe: bool = True
     pid: int = -1
     lbr: bool = True
-    stack: bool = True
+    ustack: bool = True
+    kstack: bool = False  # a uprobe's kernel stack is only the trap path: off unless asked
     branch_types: str = "any"
-    ringbuf_pages: int = 64
+    ringbuf_pages: int = 1024  # 4 MiB: ~100 ms of a busy target at the 100 ms drain period
     extra: dict[str, int] = field(default_factory=dict)
 
 
@@ -103,6 +106,10 @@ class UprobeTracer:
         self.lbr_fds: list[int] = []
         self.lbr_off_reason: str | None = None
         self._attached: list[tuple[str, int, bool]] = []
+        self.lbr_entries = 0
+        self._raw_type = raw_event_type(0)
+        self._stacks: dict[int, list[int]] = {}
+        self.reader: RingBufReader | None = None
         self._closed = False
         self.bytes = 0
 
@@ -126,10 +133,15 @@ class UprobeTracer:
                 capture_lbr = False
                 self.lbr_off_reason = str(exc)
         bccprog.ensure_tracefs()
+        self.lbr_entries = LBR_ENTRIES if capture_lbr else 0
+        self._raw_type = raw_event_type(self.lbr_entries)
         knobs = {
-            "CAPTURE_LBR": int(capture_lbr), "CAPTURE_STACK": int(self.opts.stack),
-            "EMIT_ENTRY": int(not self.opts.retprobe), "LBR_ENTRIES": LBR_ENTRIES,
-            "RINGBUF_PAGES": self.opts.ringbuf_pages, **self.opts.extra,
+            "CAPTURE_LBR": int(capture_lbr), "CAPTURE_USTACK": int(self.opts.ustack),
+            "CAPTURE_KSTACK": int(self.opts.kstack),
+            "EMIT_ENTRY": int(not self.opts.retprobe), "LBR_ENTRIES": self.lbr_entries,
+            "RINGBUF_PAGES": self.opts.ringbuf_pages,
+            "WAKEUP_EVERY": wakeup_every(self.opts.ringbuf_pages, self._raw_type),
+            **self.opts.extra,
         }
         self.bpf = bccprog.compile_program("uprobe.c", knobs)
         if self.opts.pid > 0:
@@ -145,17 +157,21 @@ class UprobeTracer:
                 self.bpf.attach_uretprobe(name=t.binary.encode(), addr=t.offset,
                                           fn_name=b"on_return", pid=self.opts.pid)
                 self._attached.append((t.binary, t.offset, True))
-        self.bpf["events"].open_ring_buffer(self._callback)
+        self.reader = RingBufReader(self.bpf["events"].map_fd, self.opts.ringbuf_pages * 4096)
 
-    def _callback(self, _ctx: Any, data: int, size: int) -> None:
-        event, kstack, ustack = decode(data, size, self.label)
-        self.bytes += size
+    def _handle(self, record: memoryview) -> None:
+        event, kstack, ustack = decode_record(record, self.label)
+        self.bytes += len(record)
         self.on_event(event, kstack, ustack)
 
     def poll(self, timeout_ms: int) -> None:
-        """Deliver ready events to ``on_event``; returns after ``timeout_ms`` at most."""
-        if self.bpf is not None and not self._closed:
-            self.bpf.ring_buffer_poll(timeout_ms)
+        """Deliver ready events to ``on_event``; returns after ``timeout_ms`` at most.
+
+        Events are submitted without a wakeup most of the time (bpf/lbr_event.h:
+        WAKEUP_EVERY), so the ring is drained after every wait, signalled or not."""
+        if self.reader is not None and not self._closed:
+            self.reader.wait(timeout_ms)
+            self.reader.drain(self._handle)
 
     def close(self) -> None:
         """Detach and free everything; safe to call twice and from signal paths."""
@@ -164,6 +180,9 @@ class UprobeTracer:
         self._closed = True
         from ..kernel import perf
 
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.close()
         bpf, self.bpf = self.bpf, None
         if bpf is not None:
             for binary, offset, ret in reversed(self._attached):
@@ -181,12 +200,22 @@ class UprobeTracer:
 
     # facts for rendering and stats -----------------------------------------------------------
     def stack(self, stack_id: int) -> list[int]:
-        if self.bpf is None or stack_id < 0:
+        """Addresses of a captured stack. An id always names the same stack (the map is
+        created without BPF_F_REUSE_STACKID: a colliding new stack gets -EEXIST instead), so
+        ids are cached and a hot call site costs one map lookup, not one per event."""
+        if stack_id < 0:
             return []
-        try:
-            return [a for a in self.bpf["stacks"].walk(stack_id) if a]
-        except (KeyError, OSError):
-            return []
+        cached = self._stacks.get(stack_id)
+        if cached is None:
+            if self.bpf is None:
+                return []
+            try:
+                cached = [a for a in self.bpf["stacks"].walk(stack_id) if a]
+            except (KeyError, OSError):
+                return []
+            if len(self._stacks) < STACK_CACHE:
+                self._stacks[stack_id] = cached
+        return list(cached)
 
     def counters(self) -> dict[str, int]:
         if self.bpf is None:
@@ -205,6 +234,15 @@ class UprobeTracer:
 
     def keep_ranges(self) -> list[AddrRange]:
         return [USER_SPACE]
+
+
+def wakeup_every(ringbuf_pages: int, raw_type: type[ctypes.Structure]) -> int:
+    """Events per CPU between forced wakeups: a reader woken when each CPU has filled about an
+    eighth of the ring drains it long before it overflows, and a busy target pays one wakeup
+    (an IPI, costly in a VM) per hundreds of events instead of one per event."""
+    record = ctypes.sizeof(raw_type) + 8  # ring-buffer record header
+    cpus = os.cpu_count() or 1
+    return max(1, ringbuf_pages * 4096 // record // (8 * cpus))
 
 
 def errno_name(code: int) -> str:

@@ -125,7 +125,7 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     targets = resolve_targets(binary, glob)
     kind = "uretprobe" if retprobe else "uprobe"
     opts = UprobeOptions(retprobe=retprobe, pid=args.pid or -1, lbr=args.lbr,
-                         stack=True, branch_types=ctx.settings["lbr-branch-types"])
+                         kstack=args.kstack, branch_types=ctx.settings["lbr-branch-types"])
     label = f"{kind} {os.path.basename(targets[0].binary)}:{glob}"
     ropts = render_options(ctx, {"kstack": args.kstack})
     session = rt.session
