@@ -22,6 +22,7 @@ import pytest
 
 from bpflbr_shell.errors import FeatureError, UsageError
 from bpflbr_shell.kernel import features as F
+from bpflbr_shell.kernel import libbpf as L
 from bpflbr_shell.kernel import perf
 
 # ------------------------------------------------------------------------------ branch types
@@ -189,7 +190,7 @@ def test_libbpf_opts_match_gcc(c_oracle: dict[str, int]) -> None:
         assert getattr(F.BpfLinkCreateOpts, f).offset == c_oracle[f"off.link.{f}"], f
     km = F.BpfLinkCreateOpts.kprobe_multi.offset
     assert km == c_oracle["off.link.kprobe_multi"]
-    assert km + F._KprobeMultiOpts.syms.offset == c_oracle["off.link.kprobe_multi.syms"]
+    assert km + L.KprobeMultiOpts.syms.offset == c_oracle["off.link.kprobe_multi.syms"]
     for c, val in BPF_CONSTS.items():
         assert val == c_oracle[f"const.{c}"], c
 

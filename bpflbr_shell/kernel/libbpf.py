@@ -99,6 +99,65 @@ class BpfLinkInfo(ctypes.Structure):
 assert ctypes.sizeof(BpfProgInfo) == 232, ctypes.sizeof(BpfProgInfo)
 
 
+class BpfProgLoadOpts(ctypes.Structure):
+    """``struct bpf_prog_load_opts`` of libbpf 1.1.x (104 bytes)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("attempts", ctypes.c_int),
+        ("expected_attach_type", ctypes.c_uint32),
+        ("prog_btf_fd", ctypes.c_uint32),
+        ("prog_flags", ctypes.c_uint32),
+        ("prog_ifindex", ctypes.c_uint32),
+        ("kern_version", ctypes.c_uint32),
+        ("attach_btf_id", ctypes.c_uint32),
+        ("attach_prog_fd", ctypes.c_uint32),
+        ("attach_btf_obj_fd", ctypes.c_uint32),
+        ("fd_array", ctypes.c_void_p),
+        ("func_info", ctypes.c_void_p),
+        ("func_info_cnt", ctypes.c_uint32),
+        ("func_info_rec_size", ctypes.c_uint32),
+        ("line_info", ctypes.c_void_p),
+        ("line_info_cnt", ctypes.c_uint32),
+        ("line_info_rec_size", ctypes.c_uint32),
+        ("log_level", ctypes.c_uint32),
+        ("log_size", ctypes.c_uint32),
+        ("log_buf", ctypes.c_char_p),
+    ]
+
+
+class KprobeMultiOpts(ctypes.Structure):
+    _fields_ = [
+        ("flags", ctypes.c_uint32),
+        ("cnt", ctypes.c_uint32),
+        ("syms", ctypes.POINTER(ctypes.c_char_p)),
+        ("addrs", ctypes.c_void_p),
+        ("cookies", ctypes.c_void_p),
+    ]
+
+
+class _LinkCreateUnion(ctypes.Union):
+    _fields_ = [("kprobe_multi", KprobeMultiOpts), ("bpf_cookie", ctypes.c_uint64)]
+
+
+class BpfLinkCreateOpts(ctypes.Structure):
+    """``struct bpf_link_create_opts`` of libbpf 1.1.x (64 bytes)."""
+
+    _anonymous_ = ("_u",)
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("flags", ctypes.c_uint32),
+        ("iter_info", ctypes.c_void_p),
+        ("iter_info_len", ctypes.c_uint32),
+        ("target_btf_id", ctypes.c_uint32),
+        ("_u", _LinkCreateUnion),
+    ]
+
+
+assert ctypes.sizeof(BpfProgLoadOpts) == 104
+assert ctypes.sizeof(BpfLinkCreateOpts) == 64
+
+
 @cache
 def lib() -> ctypes.CDLL:
     """The system libbpf, with argument types declared once."""
