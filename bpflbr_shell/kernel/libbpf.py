@@ -181,6 +181,15 @@ def lib() -> ctypes.CDLL:
         ),
         "bpf_obj_get": (ctypes.c_int, [ctypes.c_char_p]),
         "bpf_enable_stats": (ctypes.c_int, [ctypes.c_int]),
+        "bpf_prog_load": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
+                                         ctypes.c_void_p, ctypes.c_size_t,
+                                         ctypes.POINTER(BpfProgLoadOpts)]),
+        "bpf_link_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int,
+                                           ctypes.POINTER(BpfLinkCreateOpts)]),
+        "btf__load_vmlinux_btf": (ctypes.c_void_p, []),
+        "btf__load_from_kernel_by_id": (ctypes.c_void_p, [u32]),
+        "btf__find_by_name_kind": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, u32]),
+        "btf__free": (None, [ctypes.c_void_p]),
     }
     for fname, (restype, argtypes) in sigs.items():
         fn = getattr(so, fname)
@@ -273,3 +282,75 @@ def link_info(fd: int) -> BpfLinkInfo:
 def enable_stats() -> int:
     """Turn on run_time_ns/run_cnt accounting; returns an fd that keeps it on until closed."""
     return check(lib().bpf_enable_stats(0), "enabling BPF run-time stats")  # BPF_STATS_RUN_TIME
+
+
+# program types, attach types and flags we load with (uapi linux/bpf.h)
+BPF_PROG_TYPE_KPROBE = 2
+BPF_PROG_TYPE_TRACING = 26
+BPF_TRACE_FENTRY = 24
+BPF_TRACE_FEXIT = 25
+BPF_TRACE_KPROBE_MULTI = 42
+BPF_F_KPROBE_MULTI_RETURN = 1
+BTF_KIND_FUNC = 12
+LOG_SIZE = 1 << 20
+
+
+def prog_load(prog_type: int, name: str, insns: bytes, *, expected_attach_type: int = 0,
+              attach_btf_id: int = 0, attach_prog_fd: int = 0, license: str = "GPL") -> int:
+    """Load raw bytecode (as BCC's ``dump_func`` gives it, map fds in place); returns the fd.
+
+    On failure the verifier's last lines go into the error, since that is what explains it.
+    """
+    log = ctypes.create_string_buffer(LOG_SIZE)
+    opts = BpfProgLoadOpts(sz=ctypes.sizeof(BpfProgLoadOpts))
+    opts.expected_attach_type = expected_attach_type
+    opts.attach_btf_id = attach_btf_id
+    opts.attach_prog_fd = attach_prog_fd
+    opts.log_level = 0
+    buf = ctypes.create_string_buffer(insns, len(insns))
+    ret = lib().bpf_prog_load(prog_type, name[:15].encode(), license.encode(), buf,
+                              len(insns) // 8, ctypes.byref(opts))
+    if ret >= 0:
+        return ret
+    # again with the verifier log on, only to explain the failure
+    opts.log_level, opts.log_size, opts.log_buf = 1, LOG_SIZE, ctypes.cast(log, ctypes.c_char_p)
+    again = lib().bpf_prog_load(prog_type, name[:15].encode(), license.encode(), buf,
+                                len(insns) // 8, ctypes.byref(opts))
+    if again >= 0:
+        return again
+    tail = [ln for ln in log.value.decode(errors="replace").splitlines() if ln.strip()][-3:]
+    err = -ret if ret != -1 else ctypes.get_errno()
+    what = f"loading {name}"
+    if err in (errno.EPERM, errno.EACCES):
+        raise PrivilegeError(
+            f"{what}: the kernel refused (EPERM"
+            + (": " + " | ".join(tail) if tail else ", empty verifier log: a policy such as "
+               "lockdown or an LSM forbids this program type") + ")",
+            "see 'show features' (tracing-prog); run as root on a kernel that allows it")
+    raise UserError(f"{what}: {os.strerror(err)}" + (f": {' | '.join(tail)}" if tail else ""))
+
+
+def link_create(prog_fd: int, target_fd: int, attach_type: int,
+                opts: BpfLinkCreateOpts | None = None, what: str = "attaching") -> int:
+    if opts is None:
+        opts = BpfLinkCreateOpts(sz=ctypes.sizeof(BpfLinkCreateOpts))
+    ret = lib().bpf_link_create(prog_fd, target_fd, attach_type, ctypes.byref(opts))
+    if ret < 0 and -ret == errno.EOPNOTSUPP:
+        raise FeatureError(f"{what}: not supported by this kernel (EOPNOTSUPP)",
+                           "see 'show features'")
+    return check(ret, what)
+
+
+def btf_func_id(name: str, btf_obj_id: int = 0) -> int:
+    """BTF id of FUNC ``name`` in vmlinux (or in the BTF object ``btf_obj_id``)."""
+    so = lib()
+    btf = so.btf__load_from_kernel_by_id(btf_obj_id) if btf_obj_id else so.btf__load_vmlinux_btf()
+    if not btf:
+        raise FeatureError("cannot load kernel BTF", "needs CONFIG_DEBUG_INFO_BTF=y")
+    try:
+        tid = so.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC)
+    finally:
+        so.btf__free(btf)
+    if tid < 0:
+        raise NotFoundError(f"no BTF function named '{name}'")
+    return tid

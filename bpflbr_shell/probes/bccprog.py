@@ -53,6 +53,26 @@ def ensure_tracefs() -> None:
                            "mount -t tracefs nodev /sys/kernel/tracing")
 
 
+_LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"\s*$', re.M)
+
+
+def inline_local_includes(path: Path, seen: frozenset[str] = frozenset()) -> str:
+    """The source with our own ``#include "x.h"`` lines replaced by the headers' text.
+
+    BCC rewrites map method calls (``events.ringbuf_reserve(...)``) only in the main file; in
+    an included header they would compile into indirect calls the verifier rejects. Only files
+    of ``bpf/`` are inlined, so this never reads anything but the tool's own sources.
+    """
+
+    def replace(m: re.Match[str]) -> str:
+        name = m.group(1)
+        if name in seen:
+            return ""
+        return inline_local_includes(BPF_DIR / name, seen | {name})
+
+    return _LOCAL_INCLUDE.sub(replace, path.read_text())
+
+
 def compile_program(source: str, knobs: dict[str, int]) -> Any:
     """A ``bcc.BPF`` for ``bpf/<source>`` with integer ``knobs`` as -D defines."""
     if os.geteuid() != 0:
@@ -68,9 +88,9 @@ def compile_program(source: str, knobs: dict[str, int]) -> Any:
         if not _KNOB.fullmatch(name) or not isinstance(value, int):
             raise ValueError(f"bad compile knob {name}={value!r}")
         cflags.append(f"-D{name}={value}")
-    path = BPF_DIR / source
+    text = inline_local_includes(BPF_DIR / source)
     try:
-        return bcc.BPF(src_file=str(path).encode(), cflags=cflags)
+        return bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as exc:
         msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise FeatureError(f"BCC failed to build {source}: {msg} ({detail})",

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import NotFoundError, UsageError, UserError
+from ..errors import FeatureError, NotFoundError, UsageError, UserError
 from ..events import LBR_ENTRIES, Event, decode_record, raw_event_type
 from ..lbr import USER_SPACE, AddrRange
 from . import bccprog
@@ -150,13 +150,17 @@ class UprobeTracer:
             value.tgid = self.opts.pid
             cfg[ctypes.c_int(0)] = value
         for t in self.targets:
-            self.bpf.attach_uprobe(name=t.binary.encode(), addr=t.offset, fn_name=b"on_entry",
-                                   pid=self.opts.pid)
-            self._attached.append((t.binary, t.offset, False))
-            if self.opts.retprobe:
-                self.bpf.attach_uretprobe(name=t.binary.encode(), addr=t.offset,
-                                          fn_name=b"on_return", pid=self.opts.pid)
-                self._attached.append((t.binary, t.offset, True))
+            try:
+                self.bpf.attach_uprobe(name=t.binary.encode(), addr=t.offset,
+                                       fn_name=b"on_entry", pid=self.opts.pid)
+                self._attached.append((t.binary, t.offset, False))
+                if self.opts.retprobe:
+                    self.bpf.attach_uretprobe(name=t.binary.encode(), addr=t.offset,
+                                              fn_name=b"on_return", pid=self.opts.pid)
+                    self._attached.append((t.binary, t.offset, True))
+            except Exception as exc:  # BCC raises bare Exception for load and attach failures
+                raise FeatureError(f"cannot attach to {t.binary}:{t.name}: {exc}",
+                                   "see 'show features' (uprobes, bcc)") from None
         self.reader = RingBufReader(self.bpf["events"].map_fd, self.opts.ringbuf_pages * 4096)
 
     def _handle(self, record: memoryview) -> None:
