@@ -19,20 +19,24 @@ BPF_HASH(active, struct active_key, struct entry_state, MAX_ACTIVE);
 BPF_STACK_TRACE(stacks, STACK_SLOTS);
 BPF_RINGBUF_OUTPUT(events, RINGBUF_PAGES);
 
-/* The snapshot, as a statement: lbr/lbr_ret must be declared by the caller. The per-CPU
- * array lookup is inlined by the verifier on >= 6.10, so no branch is spent before the
- * helper; on older kernels the trimmer drops the few it costs. */
+/* The branch snapshot. Callers make this their very first statement; it is always inlined,
+ * and the per-CPU array lookup before the helper is inlined by the verifier on >= 6.10, so no
+ * branch is spent before the helper; on older kernels the trimmer drops the few it costs.
+ * Returns bytes written or -errno (-EOPNOTSUPP when LBR capture is off). */
+static __always_inline long take_lbr_snapshot(struct lbr_buf **out)
+{
 #if CAPTURE_LBR
-#define TAKE_LBR_SNAPSHOT()                                                          \
-    do {                                                                             \
-        int __zero = 0;                                                              \
-        lbr = lbr_scratch.lookup(&__zero);                                           \
-        if (lbr)                                                                     \
-            lbr_ret = bpf_get_branch_snapshot(lbr->entries, sizeof(lbr->entries), 0); \
-    } while (0)
+    int zero = 0;
+    struct lbr_buf *lbr = lbr_scratch.lookup(&zero);
+    *out = lbr;
+    if (!lbr)
+        return -12;
+    return bpf_get_branch_snapshot(lbr->entries, sizeof(lbr->entries), 0);
 #else
-#define TAKE_LBR_SNAPSHOT() do { } while (0)
+    *out = 0;
+    return -95;
 #endif
+}
 
 static __always_inline u64 count(int which)
 {

@@ -15,10 +15,7 @@
 int on_entry(struct pt_regs *ctx)
 {
     struct lbr_buf *lbr = 0;
-    long lbr_ret = -95; /* EOPNOTSUPP: not requested */
-#if EMIT_ENTRY
-    TAKE_LBR_SNAPSHOT();
-#endif
+    long lbr_ret = EMIT_ENTRY ? take_lbr_snapshot(&lbr) : -95;
     u64 id = bpf_get_current_pid_tgid();
     if (filtered_out(id >> 32)) {
         count(STAT_FILTERED);
@@ -47,8 +44,7 @@ int on_entry(struct pt_regs *ctx)
 int on_return(struct pt_regs *ctx)
 {
     struct lbr_buf *lbr = 0;
-    long lbr_ret = -95;
-    TAKE_LBR_SNAPSHOT();
+    long lbr_ret = take_lbr_snapshot(&lbr);
     u64 now = bpf_ktime_get_ns();
     u64 id = bpf_get_current_pid_tgid();
     struct entry_state st = {};
