@@ -1,0 +1,184 @@
+"""What every probe kind shares: LBR perf events, compiling with knobs, the ring-buffer reader,
+stacks, counters, and a close() that releases everything on every path.
+
+A subclass names its BPF source and implements :meth:`ProbeTracer.attach` (and
+:meth:`ProbeTracer.detach` for what ``bpf.cleanup()`` does not undo, such as libbpf links).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import UserError
+from ..events import LBR_ENTRIES, Event, decode_record, raw_event_type
+from ..lbr import AddrRange
+from . import bccprog
+from .ringbuf import RingBufReader
+
+STACK_CACHE = 4096
+STATS = ("hits", "drops", "filtered", "lbr_errors", "missed_entry", "submitted")
+
+
+@dataclass(slots=True)
+class CaptureOptions:
+    """What a trace captures; the same for every probe kind."""
+
+    lbr: bool = True
+    branch_types: str = "any"
+    ustack: bool = True
+    kstack: bool = True
+    pid: int = -1
+    ringbuf_pages: int = 1024  # 4 MiB: ~100 ms of a busy target at the 100 ms drain period
+    extra: dict[str, int] = field(default_factory=dict)
+
+
+def wakeup_every(ringbuf_pages: int, raw_type: type[ctypes.Structure]) -> int:
+    """Events per CPU between forced wakeups: a reader woken when each CPU has filled about an
+    eighth of the ring drains it long before it overflows, and a busy target pays one wakeup
+    (an IPI, costly in a VM) per hundreds of events instead of one per event."""
+    record = ctypes.sizeof(raw_type) + 8  # ring-buffer record header
+    cpus = os.cpu_count() or 1
+    return max(1, ringbuf_pages * 4096 // record // (8 * cpus))
+
+
+class ProbeTracer:
+    kind = "probe"
+    source = ""
+    lbr_kernel = True  # which privilege levels the LBR perf events record
+    lbr_user = False
+
+    def __init__(self, capture: CaptureOptions, on_event: Callable[[Event, int, int], None],
+                 label: str) -> None:
+        self.capture = capture
+        self.on_event = on_event
+        self.label = label
+        self.bpf: Any = None
+        self.reader: RingBufReader | None = None
+        self.lbr_fds: list[int] = []
+        self.lbr_off_reason: str | None = None
+        self.lbr_entries = 0
+        self.bytes = 0
+        self._stacks: dict[int, list[int]] = {}
+        self._closed = False
+
+    # lifecycle --------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Compile, attach and open the ring buffer; on any failure release what was made."""
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self) -> None:
+        from ..kernel import perf
+
+        capture_lbr = self.capture.lbr
+        if capture_lbr:
+            try:
+                self.lbr_fds = perf.open_lbr_events(self.capture.branch_types,
+                                                    kernel=self.lbr_kernel, user=self.lbr_user)
+            except UserError as exc:  # no PMU (FeatureError) or not allowed (PrivilegeError)
+                capture_lbr = False
+                self.lbr_off_reason = str(exc)
+        self.lbr_entries = LBR_ENTRIES if capture_lbr else 0
+        raw_type = raw_event_type(self.lbr_entries)
+        knobs = {
+            "CAPTURE_LBR": int(capture_lbr), "LBR_ENTRIES": self.lbr_entries,
+            "CAPTURE_USTACK": int(self.capture.ustack),
+            "CAPTURE_KSTACK": int(self.capture.kstack),
+            "RINGBUF_PAGES": self.capture.ringbuf_pages,
+            "WAKEUP_EVERY": wakeup_every(self.capture.ringbuf_pages, raw_type),
+            **self.knobs(), **self.capture.extra,
+        }
+        self.bpf = bccprog.compile_program(self.source, knobs)
+        if self.capture.pid > 0:
+            cfg = self.bpf["config"]
+            value = cfg.Leaf()
+            value.tgid = self.capture.pid
+            cfg[ctypes.c_int(0)] = value
+        self.attach()
+        self.reader = RingBufReader(self.bpf["events"].map_fd,
+                                    self.capture.ringbuf_pages * 4096)
+
+    def knobs(self) -> dict[str, int]:
+        """Compile-time knobs of the subclass (integers chosen by the tool)."""
+        return {}
+
+    def attach(self) -> None:
+        raise NotImplementedError
+
+    def detach(self) -> None:
+        """Undo what ``bpf.cleanup()`` does not (links and fds we made through libbpf)."""
+
+    def close(self) -> None:
+        """Detach and free everything; safe to call twice and from signal paths."""
+        if self._closed:
+            return
+        self._closed = True
+        from ..kernel import perf
+
+        reader, self.reader = self.reader, None
+        if reader is not None:
+            reader.close()
+        try:
+            self.detach()
+        finally:
+            bpf, self.bpf = self.bpf, None
+            if bpf is not None:
+                bpf.cleanup()
+            perf.close_all(self.lbr_fds)
+            self.lbr_fds = []
+
+    # events -----------------------------------------------------------------------------------
+    def _handle(self, record: memoryview) -> None:
+        event, kstack, ustack = decode_record(record, self.label)
+        self.bytes += len(record)
+        self.on_event(event, kstack, ustack)
+
+    def poll(self, timeout_ms: int) -> None:
+        """Deliver ready events to ``on_event``; returns after ``timeout_ms`` at most.
+
+        Events are submitted without a wakeup most of the time (bpf/lbr_event.h:
+        WAKEUP_EVERY), so the ring is drained after every wait, signalled or not."""
+        if self.reader is not None and not self._closed:
+            self.reader.wait(timeout_ms)
+            self.reader.drain(self._handle)
+
+    def stack(self, stack_id: int) -> list[int]:
+        """Addresses of a captured stack. An id always names the same stack (the map is
+        created without BPF_F_REUSE_STACKID: a colliding new stack gets -EEXIST instead), so
+        ids are cached and a hot call site costs one map lookup, not one per event."""
+        if stack_id < 0:
+            return []
+        cached = self._stacks.get(stack_id)
+        if cached is None:
+            if self.bpf is None:
+                return []
+            try:
+                cached = [a for a in self.bpf["stacks"].walk(stack_id) if a]
+            except (KeyError, OSError):
+                return []
+            if len(self._stacks) < STACK_CACHE:
+                self._stacks[stack_id] = cached
+        return list(cached)
+
+    def counters(self) -> dict[str, int]:
+        if self.bpf is None:
+            return {}
+        table = self.bpf["stats"]
+        return {name: int(table.sum(ctypes.c_int(i)).value) for i, name in enumerate(STATS)}
+
+    def prog_fds(self) -> list[int]:
+        """Our loaded programs (for bpf_stats and LBR trimming)."""
+        if self.bpf is None:
+            return []
+        return [fn.fd for fn in self.bpf.funcs.values()]
+
+    def keep_ranges(self) -> list[AddrRange]:
+        """Where the relevant branches are; empty keeps everything the tracer did not cause."""
+        return []
