@@ -1,0 +1,144 @@
+"""fentry/fexit (BPF_PROG_TYPE_TRACING) on BPF programs and on kernel functions.
+
+BCC compiles ``bpf/fentry.c`` and creates its maps; libbpf loads the bytecode BCC hands back
+(``dump_func``, map fds in place) with what BCC 0.26 cannot set: the expected attach type, the
+target's BTF func id and, for a BPF target, ``attach_prog_fd``. Each attachment is a link;
+after creating it we read the link back, because libbpf silently falls back to
+``BPF_RAW_TRACEPOINT_OPEN`` when ``BPF_LINK_CREATE`` fails and would attach as loaded.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ..errors import FeatureError, UsageError, UserError
+from ..events import Event
+from ..kernel import libbpf
+from ..kernel.btf import Btf
+from ..kernel.model import ProgInfo, SubProg
+from ..lbr import AddrRange
+from .base import CaptureOptions, ProbeTracer
+
+MAX_ARGS = 6
+NOT_TRACEABLE_TYPES = {"tracing": "a tracing (fentry/fexit) program",
+                       "ext": "an extension (freplace) program"}
+
+
+@dataclass(frozen=True, slots=True)
+class TracingTarget:
+    """One function to attach to: a BPF subprogram (prog_id set) or a kernel function."""
+
+    name: str  # BTF func name
+    btf_id: int  # FUNC id in the target's BTF (the prog's, or vmlinux/module BTF)
+    params: tuple[str, ...]  # parameter names from the BTF prototype
+    prog_id: int = 0  # 0 for kernel functions
+    addr: int = 0
+    size: int = 0
+    btf_obj_id: int = 0  # module BTF object for module functions (0: vmlinux)
+
+    @property
+    def nargs(self) -> int:
+        return min(len(self.params), MAX_ARGS)
+
+
+def prog_target(prog: ProgInfo, func: str | None) -> TracingTarget:
+    """The subprogram of ``prog`` to attach to, refusing what fentry cannot trace."""
+    if prog.type_name in NOT_TRACEABLE_TYPES:
+        raise UsageError(f"prog {prog.id} is {NOT_TRACEABLE_TYPES[prog.type_name]}: "
+                         "the kernel does not allow tracing it with fentry/fexit",
+                         "trace the program it is attached to instead")
+    if not prog.btf_id or not prog.raw or not prog.raw.func_info:
+        raise UsageError(f"prog {prog.id} ({prog.name}) was loaded without BTF",
+                         "fentry/fexit needs the target's BTF func info: load it with BTF")
+    if not prog.jited:
+        raise FeatureError(f"prog {prog.id} is not JITed", "sysctl net.core.bpf_jit_enable=1")
+    sub = _subprog(prog, func)
+    btf = Btf.parse(prog.raw.btf)
+    params = tuple(name or f"arg{i}" for i, (name, _) in
+                   enumerate(btf.func_params(sub.btf_type_id)))
+    return TracingTarget(sub.name, sub.btf_type_id, params, prog.id, sub.addr, sub.size)
+
+
+def _subprog(prog: ProgInfo, func: str | None) -> SubProg:
+    if func is None:
+        return prog.subprogs[0]
+    for sp in prog.subprogs:
+        if func in (sp.name, sp.ksym) or func == str(sp.index):
+            return sp
+    names = ", ".join(sp.name for sp in prog.subprogs)
+    raise UsageError(f"prog {prog.id} has no function '{func}'", f"its functions: {names}")
+
+
+class TracingTracer(ProbeTracer):
+    """fentry and/or fexit on each target: one loaded program and one link per target and
+    direction, all sharing the maps BCC created."""
+
+    kind = "fentry"
+    source = "fentry.c"
+    lbr_kernel, lbr_user = True, False
+
+    def __init__(self, targets: list[TracingTarget], capture: CaptureOptions, entry: bool,
+                 exit: bool, on_event: Callable[[Event, int, int], None], label: str) -> None:
+        super().__init__(capture, on_event, label)
+        if not targets:
+            raise UsageError("nothing to attach to")
+        self.targets = targets
+        self.entry, self.exit = entry, exit
+        self._fds: list[int] = []  # our programs
+        self._links: list[int] = []
+        self._target_fds: dict[int, int] = {}  # prog id -> fd held while attaching
+
+    def knobs(self) -> dict[str, int]:
+        return {"NARGS": max(t.nargs for t in self.targets), "EMIT_ENTRY": int(self.entry),
+                "PAIR_EXIT": int(self.entry and self.exit)}
+
+    def attach(self) -> None:
+        directions = []
+        if self.entry:
+            directions.append(("on_fentry", libbpf.BPF_TRACE_FENTRY))
+        if self.exit:
+            directions.append(("on_fexit", libbpf.BPF_TRACE_FEXIT))
+        for target in self.targets:
+            target_fd = 0
+            if target.prog_id:
+                if target.prog_id not in self._target_fds:
+                    self._target_fds[target.prog_id] = libbpf.prog_fd_by_id(target.prog_id)
+                target_fd = self._target_fds[target.prog_id]
+            for fn_name, attach_type in directions:
+                insns = self.bpf.dump_func(fn_name.encode())
+                fd = libbpf.prog_load(
+                    libbpf.BPF_PROG_TYPE_TRACING, f"bpflbr_{fn_name[3:]}", insns,
+                    expected_attach_type=attach_type, attach_btf_id=target.btf_id,
+                    attach_prog_fd=target_fd)
+                self._fds.append(fd)
+                link = libbpf.link_create(fd, 0, attach_type,
+                                          what=f"attaching {fn_name[3:]} to {target.name}")
+                self._links.append(link)
+                self._check_link(link, attach_type, target)
+
+    @staticmethod
+    def _check_link(link: int, attach_type: int, target: TracingTarget) -> None:
+        info = libbpf.link_info(link)
+        got = info.tracing
+        if got.attach_type != attach_type or got.target_btf_id != target.btf_id:
+            raise UserError(
+                f"the kernel attached to {target.name} as type {got.attach_type}/btf "
+                f"{got.target_btf_id}, not {attach_type}/{target.btf_id} as asked",
+                "this libbpf fell back to RAW_TRACEPOINT_OPEN; upgrade libbpf or the kernel")
+
+    def detach(self) -> None:
+        for fd in [*self._links, *self._fds, *self._target_fds.values()]:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._links, self._fds, self._target_fds = [], [], {}
+
+    def prog_fds(self) -> list[int]:
+        return list(self._fds)
+
+    def keep_ranges(self) -> list[AddrRange]:
+        """bpfsnoop's rule: for a BPF target, the branches inside its JIT image."""
+        return [AddrRange(t.addr, t.addr + t.size, t.name) for t in self.targets if t.prog_id]
