@@ -341,16 +341,27 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int,
     return check(ret, what)
 
 
-def btf_func_id(name: str, btf_obj_id: int = 0) -> int:
-    """BTF id of FUNC ``name`` in vmlinux (or in the BTF object ``btf_obj_id``)."""
+def btf_func_ids(names: list[str], btf_obj_id: int = 0) -> dict[str, int]:
+    """BTF FUNC ids of ``names`` in vmlinux (or the BTF object ``btf_obj_id``), loading the
+    BTF once; names without a FUNC are left out."""
     so = lib()
     btf = so.btf__load_from_kernel_by_id(btf_obj_id) if btf_obj_id else so.btf__load_vmlinux_btf()
     if not btf:
         raise FeatureError("cannot load kernel BTF", "needs CONFIG_DEBUG_INFO_BTF=y")
+    found: dict[str, int] = {}
     try:
-        tid = so.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC)
+        for name in names:
+            tid = so.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC)
+            if tid > 0:
+                found[name] = tid
     finally:
         so.btf__free(btf)
-    if tid < 0:
+    return found
+
+
+def btf_func_id(name: str, btf_obj_id: int = 0) -> int:
+    """BTF id of FUNC ``name`` in vmlinux (or in the BTF object ``btf_obj_id``)."""
+    found = btf_func_ids([name], btf_obj_id)
+    if name not in found:
         raise NotFoundError(f"no BTF function named '{name}'")
-    return tid
+    return found[name]
