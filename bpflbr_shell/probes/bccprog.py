@@ -73,6 +73,39 @@ def inline_local_includes(path: Path, seen: frozenset[str] = frozenset()) -> str
     return _LOCAL_INCLUDE.sub(replace, path.read_text())
 
 
+class CapturedStderr:
+    """Collects what C code (BCC, libbcc, LLVM) writes to fd 2 while active, so it can become
+    part of one clear error line instead of noise above the prompt."""
+
+    def __init__(self) -> None:
+        self.text = ""
+
+    def __enter__(self) -> CapturedStderr:
+        import sys
+        import tempfile
+
+        sys.stderr.flush()
+        self._file = tempfile.TemporaryFile(mode="w+b")
+        self._saved = os.dup(2)
+        os.dup2(self._file.fileno(), 2)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        os.dup2(self._saved, 2)
+        os.close(self._saved)
+        self._file.seek(0)
+        self.text = self._file.read().decode("utf-8", "replace")
+        self._file.close()
+
+    def first_error(self) -> str:
+        """The first line that says what went wrong (a compiler error, a failed open)."""
+        lines = [ln.strip() for ln in self.text.splitlines() if ln.strip()]
+        for ln in lines:
+            if "error:" in ln or "open(" in ln or "Failed" in ln:
+                return ln
+        return lines[0] if lines else ""
+
+
 def compile_program(source: str, knobs: dict[str, int]) -> Any:
     """A ``bcc.BPF`` for ``bpf/<source>`` with integer ``knobs`` as -D defines."""
     if os.geteuid() != 0:
@@ -89,9 +122,11 @@ def compile_program(source: str, knobs: dict[str, int]) -> Any:
             raise ValueError(f"bad compile knob {name}={value!r}")
         cflags.append(f"-D{name}={value}")
     text = inline_local_includes(BPF_DIR / source)
+    captured = CapturedStderr()
     try:
-        return bcc.BPF(text=text.encode(), cflags=cflags)
+        with captured:
+            return bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as exc:
-        msg = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        msg = captured.first_error() or (str(exc).splitlines() or [type(exc).__name__])[0]
         raise FeatureError(f"BCC failed to build {source}: {msg} ({detail})",
                            "see 'show features' for BCC headers") from None

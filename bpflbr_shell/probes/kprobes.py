@@ -18,7 +18,7 @@ from ..errors import FeatureError, NotFoundError, PrivilegeError, UsageError
 from ..events import Event
 from ..kernel import libbpf
 from .base import CaptureOptions, ProbeTracer
-from .bccprog import ensure_tracefs
+from .bccprog import CapturedStderr, ensure_tracefs
 
 TRACEFS = "/sys/kernel/tracing"
 BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
@@ -129,12 +129,16 @@ class KprobeTracer(ProbeTracer):
                 self._attach_multi("on_kretprobe", libbpf.BPF_F_KPROBE_MULTI_RETURN)
             return
         for k in self.funcs:
+            captured = CapturedStderr()
             try:
-                self.bpf.attach_kprobe(event=k.name.encode(), fn_name=b"on_kprobe")
-                if self.exit:
-                    self.bpf.attach_kretprobe(event=k.name.encode(), fn_name=b"on_kretprobe")
+                with captured:
+                    self.bpf.attach_kprobe(event=k.name.encode(), fn_name=b"on_kprobe")
+                    if self.exit:
+                        self.bpf.attach_kretprobe(event=k.name.encode(),
+                                                  fn_name=b"on_kretprobe")
             except Exception as exc:  # BCC raises bare Exception
-                raise FeatureError(f"cannot attach a kprobe to {k.name}: {exc}",
+                why = captured.first_error() or str(exc)
+                raise FeatureError(f"cannot attach a kprobe to {k.name}: {why}",
                                    "see 'show features' (kprobes)") from None
 
     def _attach_multi(self, fn_name: str, flags: int) -> None:

@@ -12,6 +12,7 @@ import json
 import os
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,7 +89,8 @@ def symbolizer_for(ctx: Context, rt: Runtime) -> Any:
 def render_options(ctx: Context, trace_opts: dict[str, Any] | None = None) -> RenderOptions:
     opts = trace_opts or {}
     return RenderOptions(color=ctx.use_color(), lbr_trim=ctx.settings["lbr-trim"],
-                         show_kstack=opts.get("kstack", False))
+                         show_kstack=opts.get("kstack", False),
+                         show_ustack=opts.get("stack", False))
 
 
 def options_for(rt: Runtime, event: Event, opts: RenderOptions) -> RenderOptions:
@@ -100,10 +102,18 @@ def options_for(rt: Runtime, event: Event, opts: RenderOptions) -> RenderOptions
                                keep_ranges=trace.keep_ranges)
 
 
+def params_of(rt: Runtime, event: Event) -> list[str] | None:
+    """Parameter names of the event's function: BTF (kernel/BPF targets) or DWARF (user)."""
+    trace = rt.session.traces.get(event.trace_id)
+    if trace is not None and event.func_ip in trace.params:
+        return list(trace.params[event.func_ip])
+    return rt.params.get((event.pid, event.func or ""))
+
+
 def print_event(ctx: Context, rt: Runtime, event: Event, as_json: bool,
                 opts: RenderOptions) -> None:
     opts = options_for(rt, event, opts)
-    params = rt.params.get((event.pid, event.func or ""))
+    params = params_of(rt, event)
     symbolize = symbolizer_for(ctx, rt)
     if as_json:
         ctx.print(json.dumps(event_to_json(event, symbolize, opts, params), sort_keys=True))
@@ -111,24 +121,7 @@ def print_event(ctx: Context, rt: Runtime, event: Event, as_json: bool,
         ctx.print(render_event(event, symbolize, opts, params))
 
 
-# trace uprobe / uretprobe ----------------------------------------------------------------------
-def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
-    from bpflbr_shell.probes.uprobe import (
-        UprobeOptions,
-        UprobeTracer,
-        resolve_targets,
-        split_target,
-    )
-
-    rt = runtime(ctx)
-    binary, glob = split_target(args.target)
-    targets = resolve_targets(binary, glob)
-    kind = "uretprobe" if retprobe else "uprobe"
-    opts = UprobeOptions(retprobe=retprobe, pid=args.pid or -1, lbr=args.lbr,
-                         kstack=args.kstack, branch_types=ctx.settings["lbr-branch-types"])
-    label = f"{kind} {os.path.basename(targets[0].binary)}:{glob}"
-    ropts = render_options(ctx, {"kstack": args.kstack})
-    session = rt.session
+def _enable_stats(rt: Runtime) -> None:
     if rt.stats_fd is None:
         try:
             from bpflbr_shell.kernel import libbpf
@@ -137,19 +130,40 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
         except Exception:
             rt.stats_fd = None  # run-time stats are a nicety; tracing goes on without them
 
+
+def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
+              make: Callable[[Any], Any], params: dict[int, tuple[str, ...]] | None = None
+              ) -> None:
+    """Start a tracer, then stream its events (foreground) or leave it running (``--bg``).
+
+    Every path out of here (limit, duration, Ctrl-C, an exception) detaches a foreground
+    trace; background ones detach on ``trace stop``, shell exit or SIGTERM (session.py).
+    """
+    rt = runtime(ctx)
+    session = rt.session
+    ropts = render_options(ctx, {"kstack": args.kstack, "stack": args.stack})
+    _enable_stats(rt)
+    kernel_sym = None
+
     def deliver(trace: Trace, event: Event, kstack: int, ustack: int) -> None:
+        nonlocal kernel_sym
         if trace.stop_flag.is_set():
             return
         tracer = trace.tracer
         event.trace_id = trace.id
         event.kstack = tracer.stack(kstack)
         event.ustack = tracer.stack(ustack)
-        rt.user_syms.prepare(event.pid)
-        loc = rt.user_syms.symbolize(event.pid, event.func_ip)
-        event.func = loc.func
-        key = (event.pid, event.func or "")
-        if key not in rt.params and event.func:
-            rt.params[key] = rt.user_syms.params(event.pid, event.func)
+        if event.ustack or event.func_ip < USER_SPACE_END:
+            rt.user_syms.prepare(event.pid)  # now, while the process still runs
+        if event.func_ip < USER_SPACE_END:
+            event.func = rt.user_syms.symbolize(event.pid, event.func_ip).func
+            key = (event.pid, event.func or "")
+            if key not in rt.params and event.func:
+                rt.params[key] = rt.user_syms.params(event.pid, event.func)
+        else:
+            if kernel_sym is None:
+                kernel_sym = ctx.kernel.symbolizer
+            event.func = kernel_sym.symbolize(event.func_ip).func
         session.store.add(event)
         trace.delivered += 1
         for hook in list(session.hooks):
@@ -162,20 +176,15 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
         if trace.limit is not None and trace.delivered >= trace.limit:
             trace.stop_flag.set()
 
-    def make(on_event: Any) -> UprobeTracer:
-        return UprobeTracer(targets, opts, on_event, label)
-
-    trace = session.add(args.target, make, deliver)
+    trace = session.add(spec, make, deliver)
+    trace.params = dict(params or {})
     if not trace.tracer.lbr_off_reason and args.lbr:
         from bpflbr_shell.probes.ranges import tracer_ranges
 
         trace.tracer_ranges = tuple(tracer_ranges(trace.tracer.prog_fds(), ctx.kernel.kallsyms))
         trace.keep_ranges = tuple(trace.tracer.keep_ranges())
-    trace.spec = f"{kind} {args.target}" + (f" --pid {args.pid}" if args.pid else "")
     trace.limit = args.limit
-    names = ", ".join(t.name for t in targets[:5]) + (" ..." if len(targets) > 5 else "")
-    ctx.print(f"trace {trace.id}: {kind} on {len(targets)} function(s) of "
-              f"{targets[0].binary}: {names}")
+    ctx.print(f"trace {trace.id}: {summary}")
     reason = trace.tracer.lbr_off_reason
     if args.lbr and reason and not rt.lbr_notice_given:
         rt.lbr_notice_given = True
@@ -198,14 +207,43 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     ctx.print(f"trace {trace.id} stopped: {trace.delivered} events")
 
 
-def _trace_args(cmd: Any) -> Any:
+def capture_options(ctx: Context, args: argparse.Namespace, kstack: bool) -> Any:
+    from bpflbr_shell.probes.base import CaptureOptions
+
+    return CaptureOptions(lbr=args.lbr, branch_types=ctx.settings["lbr-branch-types"],
+                          ustack=True, kstack=kstack, pid=args.pid or -1)
+
+
+# trace uprobe / uretprobe ----------------------------------------------------------------------
+def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
+    from bpflbr_shell.probes.uprobe import (
+        UprobeOptions,
+        UprobeTracer,
+        resolve_targets,
+        split_target,
+    )
+
+    binary, glob = split_target(args.target)
+    targets = resolve_targets(binary, glob)
+    kind = "uretprobe" if retprobe else "uprobe"
+    opts = UprobeOptions(retprobe=retprobe, pid=args.pid or -1, lbr=args.lbr,
+                         kstack=args.kstack, branch_types=ctx.settings["lbr-branch-types"])
+    label = f"{kind} {os.path.basename(targets[0].binary)}:{glob}"
+    names = ", ".join(t.name for t in targets[:5]) + (" ..." if len(targets) > 5 else "")
+    spec = f"{kind} {args.target}" + (f" --pid {args.pid}" if args.pid else "")
+    run_trace(ctx, args, spec,
+              f"{kind} on {len(targets)} function(s) of {targets[0].binary}: {names}",
+              lambda on_event: UprobeTracer(targets, opts, on_event, label))
+
+
+def _common_trace_args(cmd: Any) -> Any:
+    """Options every ``trace`` kind takes (applied after the kind's own positionals)."""
     for spec in (
-        argument("target", metavar="BINARY:SYMBOL", help="binary (path, command or library) "
-                 "and a function glob, e.g. /usr/bin/bash:readline or c:getpid"),
         argument("--pid", type=int, default=0, help="only this process (in-kernel filter)"),
         argument("--lbr", action=argparse.BooleanOptionalAction, default=True,
                  help="capture the last branch records (default on; falls back to stacks)"),
-        argument("--stack", action="store_true", help="always show the user stack"),
+        argument("--stack", action="store_true",
+                 help="show stacks even when LBR records are there"),
         argument("--kstack", action="store_true", help="also show the kernel stack"),
         argument("--limit", type=int, default=None, help="stop after N events"),
         argument("--duration", type=parse_duration, default=None,
@@ -218,16 +256,156 @@ def _trace_args(cmd: Any) -> Any:
     return cmd
 
 
+_USER_TARGET = argument("target", metavar="BINARY:SYMBOL",
+                        help="binary (path, command or library) and a function glob, "
+                             "e.g. /usr/bin/bash:readline or c:getpid")
+
+
 @command("trace uretprobe", help="trace returns of user functions (retval, args, duration)")
-@_trace_args
+@_USER_TARGET
+@_common_trace_args
 def cmd_trace_uretprobe(ctx: Context, args: argparse.Namespace) -> None:
     _trace_user(ctx, args, retprobe=True)
 
 
 @command("trace uprobe", help="trace calls of user functions (args)")
-@_trace_args
+@_USER_TARGET
+@_common_trace_args
 def cmd_trace_uprobe(ctx: Context, args: argparse.Namespace) -> None:
     _trace_user(ctx, args, retprobe=False)
+
+
+# trace prog ------------------------------------------------------------------------------------
+def complete_prog_target(ctx: Context, prefix: str) -> list[tuple[str, str]]:
+    from bpflbr_shell.shell.cmd_show import complete_prog
+
+    out = list(complete_prog(ctx, prefix))
+    if ":" in prefix:  # SEL:FUNC -> the selected program's functions
+        sel = prefix.rsplit(":", 1)[0]
+        try:
+            for p in ctx.kernel.select(sel):
+                out += [(f"{sel}:{sp.name}", f"prog {p.id}") for sp in p.subprogs]
+        except Exception:
+            pass
+    return out
+
+
+def split_prog_target(text: str) -> tuple[str, str | None]:
+    """``SEL[:FUNC]``: a trailing ``:NAME`` that is not a selector kind names a function."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head and head not in ("id", "i", "name", "n", "tag", "t", "pinned", "p", "pid") \
+            and not tail.startswith("/"):
+        return head, tail
+    return text, None
+
+
+@command("trace prog", help="fentry/fexit on BPF programs: args, retval and LBR inside them")
+@argument("target", metavar="SEL[:FUNC]", completer=complete_prog_target,
+          help="program selector, optionally :subprogram (default: the main function)")
+@argument("--entry", action="store_true", help="fentry: events on entry (args)")
+@argument("--exit", action="store_true", help="fexit: events on return (args, retval; default)")
+@argument("--both", action="store_true", help="fentry and fexit (durations on exit)")
+@_common_trace_args
+def cmd_trace_prog(ctx: Context, args: argparse.Namespace) -> None:
+    from bpflbr_shell.probes.tracing import TracingTracer, prog_target
+
+    sel, func = split_prog_target(args.target)
+    kernel = ctx.kernel
+    progs = kernel.select(sel)
+    kernel.progs()  # every program in the symbolizer, so LBR addresses get their lines
+    targets = [prog_target(p, func) for p in progs]
+    entry = args.entry or args.both
+    exit_ = args.exit or args.both or not args.entry
+    what = "fentry+fexit" if entry and exit_ else "fentry" if entry else "fexit"
+    names = ", ".join(f"{t.name} (prog {t.prog_id})" for t in targets[:5])
+    capture = capture_options(ctx, args, kstack=True)
+    label = f"{what} {args.target}"
+    run_trace(ctx, args, f"trace prog {args.target} --{what.replace('+', ' --')}",
+              f"{what} on {len(targets)} BPF function(s): {names}",
+              lambda on_event: TracingTracer(targets, capture, entry, exit_, on_event, label),
+              params={t.addr: t.params for t in targets})
+
+
+# trace kfunc -----------------------------------------------------------------------------------
+def complete_kfunc(ctx: Context, prefix: str) -> list[str]:
+    if len(prefix) < 2:
+        return []
+    try:
+        return ctx.kernel.kallsyms.names_matching(prefix + "*", limit=200)
+    except Exception:
+        return []
+
+
+BACKENDS = ("auto", "multi", "fentry", "kprobe")
+
+
+@command("trace kfunc", help="kernel functions: kprobe.multi (default), fentry or kprobes")
+@argument("globs", nargs="+", metavar="GLOB", completer=complete_kfunc,
+          help="kernel function names or globs, e.g. 'tcp_v4_*'")
+@argument("--backend", choices=BACKENDS, default="auto",
+          help="auto: kprobe.multi, else fentry, else single kprobes")
+@argument("--exit", action="store_true", help="events on return (retval, duration)")
+@argument("--dry-run", action="store_true", help="list what would be attached, and how")
+@_common_trace_args
+def cmd_trace_kfunc(ctx: Context, args: argparse.Namespace) -> None:
+    from bpflbr_shell.errors import FeatureError, UserError
+    from bpflbr_shell.probes import kprobes
+
+    kernel = ctx.kernel
+    traceable = kprobes.traceable_functions(kernel.kallsyms)
+    funcs = kprobes.match_functions(args.globs, traceable)
+    backends = plan_backends(args.backend)
+    if args.dry_run:
+        ctx.print(f"{len(funcs)} function(s) from {traceable.source}; backend "
+                  f"{'/'.join(backends)} ({'return' if args.exit else 'entry'} events)")
+        for k in funcs:
+            ctx.print(f"  {k}")
+        return
+    capture = capture_options(ctx, args, kstack=True)
+    label = f"kfunc {' '.join(args.globs)}"
+    spec = f"trace kfunc {' '.join(args.globs)}" + (" --exit" if args.exit else "")
+    reasons: list[str] = []
+    for backend in backends:
+        try:
+            make = kfunc_tracer_factory(backend, funcs, capture, args.exit, label)
+            run_trace(ctx, args, f"{spec} --backend {backend}",
+                      f"{backend} on {len(funcs)} kernel function(s): "
+                      + ", ".join(map(str, funcs[:5])) + (" ..." if len(funcs) > 5 else ""),
+                      make)
+            return
+        except UserError as exc:  # this kernel lacks or refuses the backend: try the next
+            reasons.append(f"{backend}: {exc.problem}")
+            if backend == backends[-1]:
+                if len(reasons) > 1:
+                    raise FeatureError("no backend can trace kernel functions here: "
+                                       + "; ".join(reasons), "see 'show features'") from None
+                raise
+            ctx.warn(f"{backend} unavailable ({exc.problem}); trying the next backend")
+
+
+def plan_backends(choice: str) -> list[str]:
+    return ["multi", "fentry", "kprobe"] if choice == "auto" else [choice]
+
+
+def kfunc_tracer_factory(backend: str, funcs: list[Any], capture: Any, exit_: bool,
+                         label: str) -> Callable[[Any], Any]:
+    from bpflbr_shell.errors import UsageError
+    from bpflbr_shell.kernel import libbpf
+    from bpflbr_shell.probes.kprobes import KprobeTracer
+    from bpflbr_shell.probes.tracing import TracingTarget, TracingTracer
+
+    if backend == "fentry":
+        modules = [k for k in funcs if k.module]
+        if modules:
+            raise UsageError(f"the fentry backend attaches to vmlinux functions only; "
+                             f"{modules[0]} is in a module", "use --backend multi or kprobe")
+        ids = libbpf.btf_func_ids([k.name for k in funcs])
+        targets = [TracingTarget(k.name, ids[k.name], ()) for k in funcs if k.name in ids]
+        if not targets:
+            raise UsageError("none of the functions has a BTF prototype", "use kprobes")
+        return lambda on_event: TracingTracer(targets, capture, not exit_, exit_, on_event,
+                                              label)
+    return lambda on_event: KprobeTracer(funcs, backend, capture, exit_, on_event, label)
 
 
 @command("trace list", help="list traces, running and stopped")
@@ -271,7 +449,7 @@ def cmd_show_events(ctx: Context, args: argparse.Namespace) -> None:
     if args.json:
         symbolize = symbolizer_for(ctx, rt)
         ctx.print_json([event_to_json(e, symbolize, options_for(rt, e, opts),
-                                      rt.params.get((e.pid, e.func or ""))) for e in events])
+                                      params_of(rt, e)) for e in events])
         return
     if not events:
         ctx.print("no events stored")
@@ -289,7 +467,7 @@ def cmd_show_event(ctx: Context, args: argparse.Namespace) -> None:
     if args.json:
         symbolize = symbolizer_for(ctx, rt)
         ctx.print_json(event_to_json(event, symbolize, options_for(rt, event, opts),
-                                     rt.params.get((event.pid, event.func or ""))))
+                                     params_of(rt, event)))
     else:
         print_event(ctx, rt, event, False, opts)
 
