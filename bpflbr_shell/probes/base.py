@@ -123,16 +123,18 @@ class ProbeTracer:
         from ..kernel import perf
 
         reader, self.reader = self.reader, None
-        if reader is not None:
-            reader.close()
         try:
-            self.detach()
-        finally:
-            bpf, self.bpf = self.bpf, None
-            if bpf is not None:
-                bpf.cleanup()
-            perf.close_all(self.lbr_fds)
-            self.lbr_fds = []
+            if reader is not None:
+                reader.close()
+        finally:  # whatever the reader does, the probes come off
+            try:
+                self.detach()
+            finally:
+                bpf, self.bpf = self.bpf, None
+                if bpf is not None:
+                    bpf.cleanup()
+                perf.close_all(self.lbr_fds)
+                self.lbr_fds = []
 
     # events -----------------------------------------------------------------------------------
     def _handle(self, record: memoryview) -> None:

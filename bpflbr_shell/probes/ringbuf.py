@@ -53,7 +53,13 @@ class RingBufReader:
                 break  # reserved but not yet submitted: records after it must wait too
             size = length & ~(BUSY_BIT | DISCARD_BIT)
             if not length & DISCARD_BIT:
-                handle(data[off + HDR_SIZE : off + HDR_SIZE + size])
+                record = data[off + HDR_SIZE : off + HDR_SIZE + size]
+                try:
+                    handle(record)
+                finally:
+                    # a record still referenced (by the traceback of a handler that raised)
+                    # would keep the mapping exported, and close() would fail
+                    record.release()
                 done += 1
             cons += (HDR_SIZE + size + 7) & ~7
             _U64.pack_into(self._consumer, 0, cons)  # give the space back as we go

@@ -109,6 +109,9 @@ class UprobeTracer(ProbeTracer):
     def attach(self) -> None:
         bccprog.ensure_tracefs()  # BCC's uprobe detach path reads uprobe_events
         pid = self.capture.pid
+        if pid > 0 and not os.path.isdir(f"/proc/{pid}"):
+            # else BCC prints "probe entry may not exist" and fails with a bare Exception
+            raise NotFoundError(f"no process {pid}", "--pid takes the id of a running process")
         for t in self.targets:
             try:
                 self.bpf.attach_uprobe(name=t.binary.encode(), addr=t.offset,
