@@ -8,8 +8,11 @@ When nothing survives, the caller shows everything and says so, as retsnoop does
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from array import array
+from bisect import bisect_right
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import NamedTuple
 
 from .events import Branch
 
@@ -27,10 +30,10 @@ class AddrRange:
 
 
 USER_SPACE = AddrRange(0, USER_SPACE_END, "user space")
+_new_tuple = tuple.__new__
 
 
-@dataclass(frozen=True, slots=True)
-class NumberedBranch:
+class NumberedBranch(NamedTuple):  # a tuple, not a frozen dataclass: 32 per event
     index: int  # position in the snapshot, 0 = most recent (printed as [#NN])
     branch: Branch
 
@@ -55,8 +58,68 @@ class TrimResult:
         return f"dropped {' and '.join(parts)} ('set lbr-trim off' shows all)" if parts else None
 
 
-def _inside(addr: int, ranges: Sequence[AddrRange]) -> bool:
-    return any(addr in r for r in ranges)
+class _Memo(dict):
+    """address -> inside?; a miss bisects the merged ranges. Hits are one C-level dict lookup
+    (``__missing__`` runs only for addresses not seen yet)."""
+
+    LIMIT = 1 << 16
+
+    def __init__(self, starts: array, ends: array) -> None:
+        super().__init__()
+        self.starts, self.ends = starts, ends
+
+    def __missing__(self, addr: int) -> bool:
+        i = bisect_right(self.starts, addr) - 1
+        hit = i >= 0 and addr < self.ends[i]
+        if len(self) >= self.LIMIT:
+            self.clear()
+        self[addr] = hit
+        return hit
+
+
+class RangeSet:
+    """Membership in a set of address ranges: merged, bisected, and remembered per address
+    (a trace sees the same few hundred code addresses in event after event)."""
+
+    __slots__ = ("ranges", "memo")
+
+    def __init__(self, ranges: Iterable[AddrRange]) -> None:
+        self.ranges = tuple(ranges)
+        merged: list[list[int]] = []
+        for r in sorted(self.ranges, key=lambda r: r.start):
+            if r.end <= r.start:
+                continue
+            if merged and r.start <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], r.end)
+            else:
+                merged.append([r.start, r.end])
+        self.memo = _Memo(array("Q", [m[0] for m in merged]), array("Q", [m[1] for m in merged]))
+
+    def __contains__(self, addr: int) -> bool:
+        return self.memo[addr]
+
+    def __bool__(self) -> bool:
+        return bool(self.memo.starts)
+
+
+_RANGE_SETS: dict[int, RangeSet] = {}
+
+
+def range_set(ranges: Sequence[AddrRange] | RangeSet) -> RangeSet:
+    """A :class:`RangeSet` for ``ranges``; built once per tuple (traces keep theirs as tuples,
+    so every event of a trace reuses one set and its memo). Lists are built afresh: they may
+    change under us."""
+    if isinstance(ranges, RangeSet):
+        return ranges
+    if not isinstance(ranges, tuple):
+        return RangeSet(ranges)
+    rs = _RANGE_SETS.get(id(ranges))
+    if rs is None or rs.ranges is not ranges:
+        if len(_RANGE_SETS) >= 256:
+            _RANGE_SETS.clear()
+        rs = _RANGE_SETS[id(ranges)] = RangeSet(ranges)
+        rs.ranges = ranges  # identity check above; keeps the key's tuple alive
+    return rs
 
 
 def trim(branches: Sequence[Branch], tracer: Sequence[AddrRange] = (),
@@ -65,17 +128,20 @@ def trim(branches: Sequence[Branch], tracer: Sequence[AddrRange] = (),
 
     ``branches`` are most-recent-first, as ``bpf_get_branch_snapshot`` writes them.
     """
-    numbered = [NumberedBranch(i, b) for i, b in enumerate(branches)]
+    new, nbr = _new_tuple, NumberedBranch  # NumberedBranch(i, b), without the Python __new__
+    numbered = [new(nbr, ib) for ib in enumerate(branches)]
     numbered.reverse()
     result = TrimResult(numbered, len(numbered))
     if not enabled or not numbered:
         return result
-    ours = [nb for nb in numbered
-            if not (_inside(nb.branch.src, tracer) or _inside(nb.branch.dst, tracer))]
+    ours = numbered
+    if tracer:  # nb[1] is the Branch, [0]/[1] its src/dst: tuples all the way, for speed
+        t = range_set(tracer).memo
+        ours = [nb for nb in numbered if not (t[nb[1][0]] or t[nb[1][1]])]
     relevant = ours
     if keep:
-        relevant = [nb for nb in ours
-                    if _inside(nb.branch.src, keep) or _inside(nb.branch.dst, keep)]
+        k = range_set(keep).memo
+        relevant = [nb for nb in ours if k[nb[1][0]] or k[nb[1][1]]]
     if not relevant:
         result.showing_all = True
         return result
@@ -92,10 +158,13 @@ class Endpoint:
     func: str | None
     where: str  # "func+0xoff" or "0xADDR"
     source: str  # "file:line[:col]" or ""
+    paren: str = field(default="", compare=False)  # "(source)" or "": set from source
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "paren", _paren(self.source))
 
 
-@dataclass(frozen=True, slots=True)
-class LbrRow:
+class LbrRow(NamedTuple):  # a tuple, not a frozen dataclass: one per row of every event
     index: int
     first_in_group: bool
     src: Endpoint
@@ -106,35 +175,48 @@ def group(entries: Sequence[NumberedBranch],
           endpoint: Callable[[int], Endpoint]) -> list[list[LbrRow]]:
     """Blocks of rows; a new block starts where ``src`` leaves the function ``dst`` entered."""
     blocks: list[list[LbrRow]] = []
-    prev_dst: Endpoint | None = None
-    for nb in entries:
-        src, dst = endpoint(nb.branch.src), endpoint(nb.branch.dst)
-        new = prev_dst is None or src.func is None or src.func != prev_dst.func
-        row = LbrRow(nb.index, new, src, dst)
-        if new:
-            blocks.append([row])
+    block: list[LbrRow] = []
+    prev_func: str | None = None
+    mk, row_t = _new_tuple, LbrRow  # LbrRow(...) without the Python-level __new__
+    seen: dict[int, Endpoint] = {}  # an event repeats addresses (return thunks, loop heads)
+    get = seen.get
+    for index, branch in entries:
+        a, b = branch[0], branch[1]
+        src = get(a)
+        if src is None:
+            src = seen[a] = endpoint(a)
+        dst = get(b)
+        if dst is None:
+            dst = seen[b] = endpoint(b)
+        func = src.func
+        if not block or func is None or func != prev_func:
+            block = [mk(row_t, (index, True, src, dst))]
+            blocks.append(block)
         else:
-            blocks[-1].append(row)
-        prev_dst = dst
+            block.append(mk(row_t, (index, False, src, dst)))
+        prev_func = dst.func
     return blocks
 
 
 def render_blocks(blocks: Sequence[Sequence[LbrRow]], width: int = 2,
-                  paint: Callable[[str, str], str] | None = None) -> list[str]:
-    """Lines in the seed's format, columns aligned per block, oldest first."""
+                  paint: Callable[[str, str], str] | None = None, indent: str = "") -> list[str]:
+    """Lines in the seed's format, columns aligned per block, oldest first; each line starts
+    with ``indent``."""
     lines: list[str] = []
-    tag_width = len(f"[#{0:0{width}d}] ")
+    blank_tag = indent + " " * len(f"[#{0:0{width}d}] ")
     for block in blocks:
-        w_src = max(len(r.src.where) for r in block)
-        w_src_file = max(len(_paren(r.src.source)) for r in block)
-        w_dst = max(len(r.dst.where) for r in block)
-        any_dst_file = any(r.dst.source for r in block)
-        for r in block:
-            tag = f"[#{r.index:0{width}d}] " if r.first_in_group else " " * tag_width
-            src, src_file = r.src.where.ljust(w_src), _paren(r.src.source).ljust(w_src_file)
-            dst, dst_file = r.dst.where, _paren(r.dst.source)
-            if any_dst_file:
+        src_files = [r.src.paren for r in block]
+        w_src = max([len(r.src.where) for r in block])
+        w_src_file = max(map(len, src_files))
+        w_dst = max([len(r.dst.where) for r in block])
+        for r, src_file in zip(block, src_files):  # noqa: B905 - same length by construction
+            tag = f"{indent}[#{r.index:0{width}d}] " if r.first_in_group else blank_tag
+            src = r.src.where.ljust(w_src)
+            dst, dst_file = r.dst.where, r.dst.paren
+            if dst_file:  # pad only before a file column: no trailing blanks inside colour
                 dst = dst.ljust(w_dst)
+            if w_src_file:
+                src_file = src_file.ljust(w_src_file)
             if paint:
                 src, dst = paint(src, "func"), paint(dst, "func")
                 src_file, dst_file = paint(src_file, "file"), paint(dst_file, "file")

@@ -6,9 +6,12 @@ code renders live events and, later, recorded ones.
 
 from __future__ import annotations
 
+import json
+import posixpath
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from json.encoder import encode_basestring_ascii as _encode_str
 from typing import Any
 
 from . import lbr as lbrmod
@@ -69,10 +72,30 @@ def _endpoint(loc: Location) -> Endpoint:
     return Endpoint(loc.func, where, source)
 
 
+_ENDPOINTS: dict[int, tuple[Location, Endpoint]] = {}
+_ENDPOINTS_LIMIT = 1 << 16
+
+
+def endpoint_of(loc: Location) -> Endpoint:
+    """:func:`_endpoint`, remembered per Location object: symbolizers cache their Locations, so
+    an LBR row's strings are built once per address, not once per event."""
+    hit = _ENDPOINTS.get(id(loc))
+    if hit is not None and hit[0] is loc:
+        return hit[1]
+    ep = _endpoint(loc)
+    if len(_ENDPOINTS) >= _ENDPOINTS_LIMIT:
+        _ENDPOINTS.clear()
+    _ENDPOINTS[id(loc)] = (loc, ep)  # holding loc keeps its id from being reused
+    return ep
+
+
 def short(path: str) -> str:
-    """Keep the last two path components: enough to recognise a file, short enough to align."""
-    parts = path.split("/")
-    return "/".join(parts[-2:]) if len(parts) > 2 else path
+    """A file name for an LBR row, spelled as the seed and the disassembly spell it: relative
+    paths (kernel ``arch/x86/kernel/rethook.c``, ``examples/lbrdemo.bpf.c``) stay whole, absolute
+    ones (BCC's ``/virtual/main.c``, a user binary's DWARF) shrink to their basename. Keeping only
+    the last two components turned ``arch/x86/kernel/rethook.c`` into a ``kernel/rethook.c`` that
+    does not exist. The full path stays in the JSON."""
+    return posixpath.basename(path) if path.startswith("/") else path
 
 
 def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
@@ -85,13 +108,20 @@ def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
                 if event.duration_ns is not None else "")]
     if event.lbr:
         result = lbrmod.trim(event.lbr, opts.tracer_ranges, opts.keep_ranges, opts.lbr_trim)
-        blocks = lbrmod.group(result.entries, lambda a: _endpoint(symbolize(event, a)))
+        cache = _ENDPOINTS
+
+        def endpoint(addr: int) -> Endpoint:  # endpoint_of(symbolize(...)), one call fewer
+            loc = symbolize(event, addr)
+            hit = cache.get(id(loc))
+            return hit[1] if hit is not None and hit[0] is loc else endpoint_of(loc)
+
+        blocks = lbrmod.group(result.entries, endpoint)
         notice = result.notice()
         if notice:
             lines.append("   " + paint(f"LBR: {notice}", DIM, c))
         painter = (lambda text, kind: paint(text, CYAN if kind == "func" else DIM, True)) \
             if c else None
-        lines += ["   " + ln for ln in lbrmod.render_blocks(blocks, paint=painter)]
+        lines += lbrmod.render_blocks(blocks, paint=painter, indent="   ")
     if event.ustack and (opts.show_ustack or not event.lbr):
         lines.append("   user stack:")
         lines += [f"     {symbolize(event, a).format()}" for a in event.ustack]
@@ -123,3 +153,79 @@ def event_to_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
         "ustack": [location_json(symbolize(event, a)) for a in event.ustack],
         "kstack": [location_json(symbolize(event, a)) for a in event.kstack],
     }
+
+
+# ---- the JSON text, fast ------------------------------------------------------------------------
+# json.dumps of a 32-entry event's dict costs ~50 us, most of it re-encoding the same few hundred
+# locations in event after event. event_json() encodes each Location once (remembered per object,
+# as endpoint_of does) and joins the pieces; the text is exactly json.dumps(event_to_json(...)).
+
+_LOC_TEXT: dict[int, list] = {}  # id(loc) -> [loc, sorted text, unsorted text]
+_EVENT_KEYS = ("id", "probe", "kind", "ts_ns", "pid", "tid", "cpu", "comm", "func", "func_ip",
+               "args", "retval", "duration_ns", "lbr_ret", "lbr", "lbr_dropped", "ustack",
+               "kstack")  # event_to_json's order
+_KEY_TEXT = {k: json.dumps(k) for k in _EVENT_KEYS}
+_SORTED_KEYS = tuple(sorted(_EVENT_KEYS))
+
+
+def _location_text(loc: Location, sort_keys: bool) -> str:
+    hit = _LOC_TEXT.get(id(loc))
+    if hit is None or hit[0] is not loc:
+        if len(_LOC_TEXT) >= _ENDPOINTS_LIMIT:
+            _LOC_TEXT.clear()
+        hit = _LOC_TEXT[id(loc)] = [loc, None, None]  # holding loc keeps its id from reuse
+    text = hit[1 if sort_keys else 2]
+    if text is None:
+        text = hit[1 if sort_keys else 2] = json.dumps(location_json(loc), sort_keys=sort_keys)
+    return text
+
+
+def _value_text(v: Any, sort_keys: bool) -> str:
+    """json.dumps(v) for the scalars and lists of an event header, without its overhead."""
+    if v is None:
+        return "null"
+    t = type(v)
+    if t is int:
+        return int.__repr__(v)
+    if t is str:
+        return _encode_str(v)
+    if t is list and all(type(x) is int for x in v):
+        return "[" + ", ".join(map(int.__repr__, v)) + "]"
+    return json.dumps(v, sort_keys=sort_keys)
+
+
+def event_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
+               params: list[str] | None = None, sort_keys: bool = True) -> str:
+    """``json.dumps(event_to_json(event, ...), sort_keys=sort_keys)``, the same text, faster."""
+    result = lbrmod.trim(event.lbr, opts.tracer_ranges, opts.keep_ranges, opts.lbr_trim)
+    loc = _location_text
+    if sort_keys:
+        rows = [f'{{"from": {loc(symbolize(event, b.src), True)}, "index": {i}, "mispred": '
+                f'{"true" if b.mispred else "false"}, "to": {loc(symbolize(event, b.dst), True)}}}'
+                for i, b in result.entries]
+    else:
+        rows = [f'{{"index": {i}, "from": {loc(symbolize(event, b.src), False)}, '
+                f'"to": {loc(symbolize(event, b.dst), False)}, '
+                f'"mispred": {"true" if b.mispred else "false"}}}'
+                for i, b in result.entries]
+    val = _value_text
+    parts = {
+        "id": val(event.id, sort_keys), "probe": val(event.probe, sort_keys),
+        "kind": val(event.kind, sort_keys), "ts_ns": val(event.ts_ns, sort_keys),
+        "pid": val(event.pid, sort_keys), "tid": val(event.tid, sort_keys),
+        "cpu": val(event.cpu, sort_keys), "comm": val(event.comm, sort_keys),
+        "func": val(event.func, sort_keys), "func_ip": val(event.func_ip, sort_keys),
+        "args": val(dict(zip(params, event.args, strict=False)) if params else event.args,
+                    sort_keys),
+        "retval": val(event.retval_signed, sort_keys),
+        "duration_ns": val(event.duration_ns, sort_keys),
+        "lbr_ret": val(event.lbr_ret, sort_keys),
+        "lbr": "[" + ", ".join(rows) + "]",
+        "lbr_dropped": val(result.dropped_tracer + result.dropped_outside, sort_keys),
+        "ustack": "[" + ", ".join(loc(symbolize(event, a), sort_keys)
+                                  for a in event.ustack) + "]",
+        "kstack": "[" + ", ".join(loc(symbolize(event, a), sort_keys)
+                                  for a in event.kstack) + "]",
+    }
+    keys = _SORTED_KEYS if sort_keys else _EVENT_KEYS
+    return "{" + ", ".join([f"{_KEY_TEXT[k]}: {parts[k]}" for k in keys]) + "}"
