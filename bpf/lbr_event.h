@@ -69,7 +69,7 @@ struct lbr_buf {
 
 struct probe_config {
     u32 tgid;           /* 0: any process */
-    u32 reserved;
+    u32 exclude_tgid;   /* the tracer itself: its own syscalls would feed back into the trace */
 };
 
 struct entry_state {

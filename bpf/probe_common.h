@@ -51,7 +51,9 @@ static __always_inline int filtered_out(u32 tgid)
 {
     int zero = 0;
     struct probe_config *cfg = config.lookup(&zero);
-    return cfg && cfg->tgid && cfg->tgid != tgid;
+    if (!cfg)
+        return 0;
+    return (cfg->tgid && cfg->tgid != tgid) || (cfg->exclude_tgid == tgid);
 }
 
 static __always_inline int emit(void *ctx, struct lbr_buf *lbr, long lbr_ret, u32 kind,

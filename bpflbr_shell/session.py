@@ -167,6 +167,11 @@ class Session:
             thread.join(timeout=5)
         if trace.final is None:
             try:
+                # what the kernel wrote before we stopped is part of the trace: deliver it
+                trace.tracer.poll(0)
+            except BaseException:  # noqa: BLE001 - even Ctrl-C: detaching comes first
+                pass
+            try:
                 trace.final = snapshot_counters(trace.tracer)
             except Exception:
                 trace.final = {}

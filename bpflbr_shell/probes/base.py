@@ -96,11 +96,12 @@ class ProbeTracer:
             **self.knobs(), **self.capture.extra,
         }
         self.bpf = bccprog.compile_program(self.source, knobs)
-        if self.capture.pid > 0:
-            cfg = self.bpf["config"]
-            value = cfg.Leaf()
-            value.tgid = self.capture.pid
-            cfg[ctypes.c_int(0)] = value
+        cfg = self.bpf["config"]
+        value = cfg.Leaf()
+        value.tgid = max(self.capture.pid, 0)
+        # never trace ourselves (our polling would feed the trace), unless asked to by pid
+        value.exclude_tgid = 0 if self.capture.pid == os.getpid() else os.getpid()
+        cfg[ctypes.c_int(0)] = value
         self.attach()
         self.reader = RingBufReader(self.bpf["events"].map_fd,
                                     self.capture.ringbuf_pages * 4096)

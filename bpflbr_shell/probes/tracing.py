@@ -92,11 +92,11 @@ class TracingTracer(ProbeTracer):
 
     def knobs(self) -> dict[str, int]:
         return {"NARGS": max(t.nargs for t in self.targets), "EMIT_ENTRY": int(self.entry),
-                "PAIR_EXIT": int(self.entry and self.exit)}
+                "PAIR_EXIT": int(self.exit)}
 
     def attach(self) -> None:
         directions = []
-        if self.entry:
+        if self.entry or self.exit:  # exits pair with a (possibly silent) entry: durations
             directions.append(("on_fentry", libbpf.BPF_TRACE_FENTRY))
         if self.exit:
             directions.append(("on_fexit", libbpf.BPF_TRACE_FEXIT))

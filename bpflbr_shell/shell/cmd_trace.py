@@ -147,14 +147,14 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
 
     def deliver(trace: Trace, event: Event, kstack: int, ustack: int) -> None:
         nonlocal kernel_sym
-        if trace.stop_flag.is_set():
-            return
+        if trace.limit is not None and trace.delivered >= trace.limit:
+            return  # read after the limit was reached: not part of this trace
         tracer = trace.tracer
         event.trace_id = trace.id
         event.kstack = tracer.stack(kstack)
         event.ustack = tracer.stack(ustack)
-        if event.ustack or event.func_ip < USER_SPACE_END:
-            rt.user_syms.prepare(event.pid)  # now, while the process still runs
+        if event.func_ip < USER_SPACE_END:
+            rt.user_syms.prepare(event.pid)  # now, while the traced process still runs
         if event.func_ip < USER_SPACE_END:
             event.func = rt.user_syms.symbolize(event.pid, event.func_ip).func
             key = (event.pid, event.func or "")
@@ -207,11 +207,13 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
     ctx.print(f"trace {trace.id} stopped: {trace.delivered} events")
 
 
-def capture_options(ctx: Context, args: argparse.Namespace, kstack: bool) -> Any:
+def kernel_capture_options(ctx: Context, args: argparse.Namespace) -> Any:
+    """Kernel and BPF targets: kernel stacks always (the LBR fallback); user stacks only with
+    --stack, since symbolizing them means opening every traced process with drgn."""
     from bpflbr_shell.probes.base import CaptureOptions
 
     return CaptureOptions(lbr=args.lbr, branch_types=ctx.settings["lbr-branch-types"],
-                          ustack=True, kstack=kstack, pid=args.pid or -1)
+                          ustack=args.stack, kstack=True, pid=args.pid or -1)
 
 
 # trace uprobe / uretprobe ----------------------------------------------------------------------
@@ -318,7 +320,7 @@ def cmd_trace_prog(ctx: Context, args: argparse.Namespace) -> None:
     exit_ = args.exit or args.both or not args.entry
     what = "fentry+fexit" if entry and exit_ else "fentry" if entry else "fexit"
     names = ", ".join(f"{t.name} (prog {t.prog_id})" for t in targets[:5])
-    capture = capture_options(ctx, args, kstack=True)
+    capture = kernel_capture_options(ctx, args)
     label = f"{what} {args.target}"
     run_trace(ctx, args, f"trace prog {args.target} --{what.replace('+', ' --')}",
               f"{what} on {len(targets)} BPF function(s): {names}",
@@ -361,7 +363,7 @@ def cmd_trace_kfunc(ctx: Context, args: argparse.Namespace) -> None:
         for k in funcs:
             ctx.print(f"  {k}")
         return
-    capture = capture_options(ctx, args, kstack=True)
+    capture = kernel_capture_options(ctx, args)
     label = f"kfunc {' '.join(args.globs)}"
     spec = f"trace kfunc {' '.join(args.globs)}" + (" --exit" if args.exit else "")
     reasons: list[str] = []
