@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import re
 import time
@@ -20,7 +19,7 @@ from bpflbr_shell.errors import UsageError
 from bpflbr_shell.events import Event
 from bpflbr_shell.lbr import USER_SPACE_END
 from bpflbr_shell.render import table
-from bpflbr_shell.render_events import RenderOptions, event_to_json, render_event
+from bpflbr_shell.render_events import RenderOptions, event_json, event_to_json, render_event
 from bpflbr_shell.session import Session, Trace, install_cleanup
 from bpflbr_shell.shell.context import Context, parse_bool, register_setting
 from bpflbr_shell.shell.registry import argument, command
@@ -116,7 +115,7 @@ def print_event(ctx: Context, rt: Runtime, event: Event, as_json: bool,
     params = params_of(rt, event)
     symbolize = symbolizer_for(ctx, rt)
     if as_json:
-        ctx.print(json.dumps(event_to_json(event, symbolize, opts, params), sort_keys=True))
+        ctx.print(event_json(event, symbolize, opts, params))
     else:
         ctx.print(render_event(event, symbolize, opts, params))
 
@@ -199,6 +198,7 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
             if deadline is not None and time.monotonic() >= deadline:
                 break
             trace.tracer.poll(100)
+            ctx.flush()  # a pipe (| tee, | jq) sees events as they come, not at exit
     except KeyboardInterrupt:
         ctx.print("^C")
     finally:
