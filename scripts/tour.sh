@@ -72,6 +72,13 @@ step "show prog $tc_id"
 if [ -n "${sock_id:-}" ]; then step "show prog $sock_id"; fi
 step "show ksym bpf_map_lookup_elem"
 step "disasm prog $tc_id"
+# tracing: the workload runs its programs through libbpf's bpf_prog_test_run_opts() every 200 ms;
+# a uretprobe there shows a user function's args, retval and duration (this host has no LBR, so
+# the user stack stands in), then show stats the in-kernel counters
+libbpf_so=$(/usr/bin/python3 -c 'import ctypes.util; print(ctypes.util.find_library("bpf") or "")')
+[ -e "/usr/lib/x86_64-linux-gnu/$libbpf_so" ] && libbpf_so=/usr/lib/x86_64-linux-gnu/$libbpf_so
+step "trace uretprobe $libbpf_so:bpf_prog_test_run_opts --pid $wl_pid --limit 2 --duration 10s"
+step "trace kfunc 'tcp_v4_*' --dry-run"
 
 say "Part 2: a command script (bpflbr-shell -x scripts/tour.lbr --batch)"
 "$shell" -q -x scripts/tour.lbr --batch || {
