@@ -21,6 +21,7 @@ from bpflbr_shell.lbr import USER_SPACE_END
 from bpflbr_shell.render import table
 from bpflbr_shell.render_events import RenderOptions, event_json, event_to_json, render_event
 from bpflbr_shell.session import Session, Trace, install_cleanup
+from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
 from bpflbr_shell.shell.context import Context, parse_bool, register_setting
 from bpflbr_shell.shell.registry import argument, command
 from bpflbr_shell.symbols import Location
@@ -279,8 +280,6 @@ def cmd_trace_uprobe(ctx: Context, args: argparse.Namespace) -> None:
 
 # trace prog ------------------------------------------------------------------------------------
 def complete_prog_target(ctx: Context, prefix: str) -> list[tuple[str, str]]:
-    from bpflbr_shell.shell.cmd_show import complete_prog
-
     out = list(complete_prog(ctx, prefix))
     if ":" in prefix:  # SEL:FUNC -> the selected program's functions
         sel = prefix.rsplit(":", 1)[0]
@@ -329,20 +328,11 @@ def cmd_trace_prog(ctx: Context, args: argparse.Namespace) -> None:
 
 
 # trace kfunc -----------------------------------------------------------------------------------
-def complete_kfunc(ctx: Context, prefix: str) -> list[str]:
-    if len(prefix) < 2:
-        return []
-    try:
-        return ctx.kernel.kallsyms.names_matching(prefix + "*", limit=200)
-    except Exception:
-        return []
-
-
 BACKENDS = ("auto", "multi", "fentry", "kprobe")
 
 
 @command("trace kfunc", help="kernel functions: kprobe.multi (default), fentry or kprobes")
-@argument("globs", nargs="+", metavar="GLOB", completer=complete_kfunc,
+@argument("globs", nargs="+", metavar="GLOB", completer=complete_ksym,
           help="kernel function names or globs, e.g. 'tcp_v4_*'")
 @argument("--backend", choices=BACKENDS, default="auto",
           help="auto: kprobe.multi, else fentry, else single kprobes")
