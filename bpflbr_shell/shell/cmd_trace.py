@@ -58,6 +58,8 @@ def runtime(ctx: Context) -> Runtime:
         install_cleanup()
         rt = Runtime(Session(ctx.settings["event-store"]), UserSymbolizer())
         ctx.state["trace"] = rt
+    if rt.session.store.capacity != ctx.settings["event-store"]:  # 'set event-store N'
+        rt.session.store.resize(ctx.settings["event-store"])
     return rt
 
 
