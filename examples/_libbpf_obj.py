@@ -13,7 +13,7 @@ import os
 from dataclasses import dataclass
 from functools import cache
 
-LIBBPF_NAMES = ("libbpf.so.1", "/usr/lib/x86_64-linux-gnu/libbpf.so.1")
+from bpflbr_shell.kernel.libbpf import open_libbpf
 
 _p = ctypes.c_void_p
 
@@ -42,15 +42,6 @@ class BpfTestRunOpts(ctypes.Structure):
 
 @cache
 def lib() -> ctypes.CDLL:
-    last: OSError | None = None
-    for name in LIBBPF_NAMES:
-        try:
-            so = ctypes.CDLL(name, use_errno=True)
-            break
-        except OSError as exc:
-            last = exc
-    else:
-        raise OSError(f"cannot load libbpf ({last}); apt-get install libbpf1")
     sigs: dict[str, tuple[object, list[object]]] = {
         "bpf_object__open_file": (_p, [ctypes.c_char_p, _p]),
         "bpf_object__load": (ctypes.c_int, [_p]),
@@ -65,11 +56,7 @@ def lib() -> ctypes.CDLL:
         "bpf_obj_pin": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p]),
         "bpf_prog_test_run_opts": (ctypes.c_int, [ctypes.c_int, ctypes.POINTER(BpfTestRunOpts)]),
     }
-    for fname, (restype, argtypes) in sigs.items():
-        fn = getattr(so, fname)
-        fn.restype = restype
-        fn.argtypes = argtypes
-    return so
+    return open_libbpf(sigs)
 
 
 def _fail(ret: int, what: str) -> OSError:

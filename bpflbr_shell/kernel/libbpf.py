@@ -158,9 +158,12 @@ assert ctypes.sizeof(BpfProgLoadOpts) == 104
 assert ctypes.sizeof(BpfLinkCreateOpts) == 64
 
 
-@cache
-def lib() -> ctypes.CDLL:
-    """The system libbpf, with argument types declared once."""
+Signatures = dict[str, tuple[object, list[object]]]
+
+
+def open_libbpf(signatures: Signatures) -> ctypes.CDLL:
+    """A new handle to the system libbpf with ``signatures`` (name: (restype, argtypes))
+    declared. Each caller gets its own handle: ctypes handles do not share argtypes."""
     last: OSError | None = None
     for name in LIBBPF_NAMES:
         try:
@@ -170,7 +173,17 @@ def lib() -> ctypes.CDLL:
             last = exc
     else:
         raise FeatureError(f"cannot load libbpf ({last})", "apt-get install libbpf1")
-    sigs: dict[str, tuple[object, list[object]]] = {
+    for fname, (restype, argtypes) in signatures.items():
+        fn = getattr(so, fname)
+        fn.restype = restype
+        fn.argtypes = argtypes
+    return so
+
+
+@cache
+def lib() -> ctypes.CDLL:
+    """The system libbpf, with the signatures of the calls we make declared once."""
+    sigs: Signatures = {
         "bpf_prog_get_next_id": (ctypes.c_int, [u32, ctypes.POINTER(u32)]),
         "bpf_link_get_next_id": (ctypes.c_int, [u32, ctypes.POINTER(u32)]),
         "bpf_prog_get_fd_by_id": (ctypes.c_int, [u32]),
@@ -191,11 +204,7 @@ def lib() -> ctypes.CDLL:
         "btf__find_by_name_kind": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, u32]),
         "btf__free": (None, [ctypes.c_void_p]),
     }
-    for fname, (restype, argtypes) in sigs.items():
-        fn = getattr(so, fname)
-        fn.restype = restype
-        fn.argtypes = argtypes
-    return so
+    return open_libbpf(sigs)
 
 
 def _raise_errno(err: int, what: str) -> None:
