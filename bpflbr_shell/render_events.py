@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import posixpath
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _encode_str
 from typing import Any
@@ -19,8 +19,7 @@ from .events import Event
 from .lbr import AddrRange, Endpoint
 from .render import CYAN, DIM, GREEN, YELLOW, paint
 from .symbols import Location
-
-MONO_TO_EPOCH = time.time() - time.monotonic()
+from .values import Signature, ValueType, as_signature
 
 
 @dataclass
@@ -47,21 +46,46 @@ def format_duration(ns: int) -> str:
 
 
 def format_ts(ts_ns: int) -> str:
-    epoch = MONO_TO_EPOCH + ts_ns / 1e9
+    # the offset is taken now, not once at import: the wall clock can step (NTP, a paused VM)
+    # while CLOCK_MONOTONIC, which bpf_ktime_get_ns() reads, does not
+    epoch = time.time() - time.monotonic() + ts_ns / 1e9
     return time.strftime("%H:%M:%S", time.localtime(epoch)) + f".{int(epoch * 1e6) % 1_000_000:06d}"
 
 
-def format_call(event: Event, params: list[str] | None) -> str:
+def format_call(event: Event, params: Signature | Sequence[str] | None) -> str:
+    """``func(a=1, p=0x7ffd...) = -1``: values presented through the signature's types when
+    known (signed ints in decimal, pointers in hex), raw registers in hex when not."""
     func = event.func or f"{event.func_ip:#x}"
-    if params is None:
+    sig = as_signature(params)
+    if sig is None:
         args = ", ".join(f"{a:#x}" for a in event.args)
     else:
-        args = ", ".join(f"{name}={event.args[i]:#x}" for i, name in enumerate(params[:6]))
+        args = ", ".join(f"{name}={_arg_text(vt, raw)}"
+                         for (name, vt), raw in zip(sig.params[:6], event.args, strict=False))
     call = f"{func}({args})"
     if event.retval is not None:
-        ret = event.retval_signed
-        call += f" = {ret}" + (f" ({event.retval:#x})" if ret is not None and ret > 9 else "")
+        ret_type = sig.ret if sig is not None else None
+        if ret_type is not None and ret_type.pointer:
+            return call + f" = {event.retval:#x}"
+        ret = retval_of(event, sig)
+        call += f" = {ret}" + (f" ({ret:#x})" if ret is not None and ret > 9 else "")
     return call
+
+
+def _arg_text(vtype: ValueType | None, raw: int) -> str:
+    return vtype.format(vtype.present(raw)) if vtype is not None else f"{raw:#x}"
+
+
+def args_of(event: Event, sig: Signature | None) -> list[int] | dict[str, int]:
+    """JSON ``args``: name -> presented value with a signature, the raw list without one."""
+    return sig.args(event.args) if sig is not None and sig.params else event.args
+
+
+def retval_of(event: Event, sig: Signature | None) -> int | None:
+    """JSON ``retval``: presented through the return type; untyped, the signed register."""
+    if event.retval is None:
+        return None
+    return sig.retval(event.retval) if sig is not None else event.retval_signed
 
 
 def _endpoint(loc: Location) -> Endpoint:
@@ -99,7 +123,7 @@ def short(path: str) -> str:
 
 
 def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
-                 params: list[str] | None = None) -> str:
+                 params: Signature | Sequence[str] | None = None) -> str:
     c = opts.color
     head = (f"{paint(f'#{event.id}', YELLOW, c)} {event.probe}  "
             f"pid {event.pid}/{event.tid} {event.comm}  cpu {event.cpu}  {format_ts(event.ts_ns)}")
@@ -137,14 +161,17 @@ def location_json(loc: Location) -> dict[str, Any]:
 
 
 def event_to_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
-                  params: list[str] | None = None) -> dict[str, Any]:
+                  params: Signature | Sequence[str] | None = None) -> dict[str, Any]:
+    """The event as JSON data; ``args``/``retval`` are presented through the signature's
+    types (an ``int`` of -1 is -1, not 4294967295), raw without one."""
     result = lbrmod.trim(event.lbr, opts.tracer_ranges, opts.keep_ranges, opts.lbr_trim)
+    sig = as_signature(params)
     return {
         "id": event.id, "probe": event.probe, "kind": event.kind, "ts_ns": event.ts_ns,
         "pid": event.pid, "tid": event.tid, "cpu": event.cpu, "comm": event.comm,
         "func": event.func, "func_ip": event.func_ip,
-        "args": dict(zip(params, event.args, strict=False)) if params else event.args,
-        "retval": event.retval_signed, "duration_ns": event.duration_ns,
+        "args": args_of(event, sig), "retval": retval_of(event, sig),
+        "duration_ns": event.duration_ns,
         "lbr_ret": event.lbr_ret,
         "lbr": [{"index": nb.index, "from": location_json(symbolize(event, nb.branch.src)),
                  "to": location_json(symbolize(event, nb.branch.dst)),
@@ -195,9 +222,10 @@ def _value_text(v: Any, sort_keys: bool) -> str:
 
 
 def event_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
-               params: list[str] | None = None, sort_keys: bool = True) -> str:
+               params: Signature | Sequence[str] | None = None, sort_keys: bool = True) -> str:
     """``json.dumps(event_to_json(event, ...), sort_keys=sort_keys)``, the same text, faster."""
     result = lbrmod.trim(event.lbr, opts.tracer_ranges, opts.keep_ranges, opts.lbr_trim)
+    sig = as_signature(params)
     loc = _location_text
     if sort_keys:
         rows = [f'{{"from": {loc(symbolize(event, b.src), True)}, "index": {i}, "mispred": '
@@ -215,9 +243,8 @@ def event_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
         "pid": val(event.pid, sort_keys), "tid": val(event.tid, sort_keys),
         "cpu": val(event.cpu, sort_keys), "comm": val(event.comm, sort_keys),
         "func": val(event.func, sort_keys), "func_ip": val(event.func_ip, sort_keys),
-        "args": val(dict(zip(params, event.args, strict=False)) if params else event.args,
-                    sort_keys),
-        "retval": val(event.retval_signed, sort_keys),
+        "args": val(args_of(event, sig), sort_keys),
+        "retval": val(retval_of(event, sig), sort_keys),
         "duration_ns": val(event.duration_ns, sort_keys),
         "lbr_ret": val(event.lbr_ret, sort_keys),
         "lbr": "[" + ", ".join(rows) + "]",

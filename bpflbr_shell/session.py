@@ -20,6 +20,7 @@ from typing import Any, Protocol
 
 from .errors import NotFoundError
 from .events import Event
+from .values import Signature
 
 
 class Tracer(Protocol):
@@ -95,7 +96,7 @@ class Trace:
     final: dict[str, int] | None = None  # counters read just before detaching
     tracer_ranges: tuple[Any, ...] = ()  # LBR trimming: the tracer's own code
     keep_ranges: tuple[Any, ...] = ()  # LBR trimming: the range of interest
-    params: dict[int, tuple[str, ...]] = field(default_factory=dict)  # func_ip -> arg names
+    params: dict[int, Signature] = field(default_factory=dict)  # func_ip -> names and types
 
     def counters(self) -> dict[str, int]:
         """In-kernel counters (hits, drops, ...) plus our own; live while running."""

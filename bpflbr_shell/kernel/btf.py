@@ -10,6 +10,7 @@ import struct
 from dataclasses import dataclass
 
 from ..errors import KernelDataError
+from ..values import VOID, Signature, ValueType
 
 BTF_MAGIC = 0xEB9F
 
@@ -26,6 +27,11 @@ _TRAILER = {
     KIND_DECL_TAG: (4, 0), KIND_ENUM64: (0, 12),
 }
 _MODIFIERS = {KIND_CONST: "const", KIND_VOLATILE: "volatile", KIND_RESTRICT: "restrict"}
+# what a value's type is made of, not what it is: skipped to reach the type that says how
+_TRANSPARENT = (KIND_TYPEDEF, KIND_CONST, KIND_VOLATILE, KIND_RESTRICT, KIND_TYPE_TAG)
+# KIND_INT's encoding word (btf.rst): BTF_INT_ENCODING(VAL) = (VAL & 0x0f000000) >> 24
+BTF_INT_SIGNED, BTF_INT_CHAR, BTF_INT_BOOL = 1 << 0, 1 << 1, 1 << 2
+POINTER_SIZE = 8  # BTF PTR has no size; the targets we trace are 64-bit
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +42,7 @@ class BtfType:
     vlen: int
     kind_flag: bool
     ref: int  # "type" for refs/funcs/protos; size for ints, structs, enums
-    extra: tuple[int, ...]  # array: (elem_type, index_type, nelems)
+    extra: tuple[int, ...]  # array: (elem_type, index_type, nelems); int: (encoding,)
     params: tuple[tuple[str, int], ...]  # FUNC_PROTO: (name, type_id)
 
 
@@ -68,6 +74,8 @@ class Btf:
             params: tuple[tuple[str, int], ...] = ()
             if kind == KIND_ARRAY:
                 extra = struct.unpack_from("<III", blob, pos)
+            elif kind == KIND_INT:
+                extra = struct.unpack_from("<I", blob, pos)
             elif kind == KIND_FUNC_PROTO:
                 params = tuple(
                     (btf.string(p_name), p_type)
@@ -110,6 +118,45 @@ class Btf:
         if proto is None or proto.kind != KIND_FUNC_PROTO:
             return []
         return [(name, self.declaration(ptype, "")) for name, ptype in proto.params]
+
+    def value_type(self, type_id: int) -> ValueType | None:
+        """How a value of ``type_id`` is presented: typedefs, modifiers and type tags
+        resolved down to an int, enum or pointer; None for what has no integer reading
+        (struct/union by value, float, a bad id). Type 0 is void."""
+        if type_id == 0:
+            return VOID
+        name = ""
+        t = self.type(type_id)
+        for _ in range(32):
+            if t is None or t.kind not in _TRANSPARENT:
+                break
+            name = name or (t.name if t.kind == KIND_TYPEDEF else "")
+            if t.ref == 0:  # const void: only behind a pointer, but be total
+                return VOID
+            t = self.type(t.ref)
+        if t is None:
+            return None
+        name = name or t.name or ("enum" if t.kind in (KIND_ENUM, KIND_ENUM64) else "")
+        if t.kind == KIND_INT:
+            enc = (t.extra[0] >> 24) & 0x0F if t.extra else 0
+            return ValueType(t.ref, bool(enc & BTF_INT_SIGNED), False, name)
+        if t.kind in (KIND_ENUM, KIND_ENUM64):  # kind_flag: signed values (btf.rst)
+            return ValueType(t.ref, t.kind_flag, False, name)
+        if t.kind == KIND_PTR:
+            return ValueType(POINTER_SIZE, False, True, name or self.declaration(t.id, ""))
+        return None
+
+    def func_signature(self, type_id: int) -> Signature | None:
+        """Parameter names (``argN`` when unnamed) and value types, and the return type, of
+        a FUNC; None when ``type_id`` is not a FUNC with a prototype."""
+        t = self.type(type_id)
+        proto = self.type(t.ref) if t and t.kind == KIND_FUNC else None
+        if proto is None or proto.kind != KIND_FUNC_PROTO:
+            return None
+        params = tuple((name or f"arg{i}", self.value_type(ptype))
+                       for i, (name, ptype) in enumerate(proto.params)
+                       if not (ptype == 0 and not name))  # a trailing '...' takes no register
+        return Signature(params, self.value_type(proto.ref))
 
     def declaration(self, type_id: int, decl: str, depth: int = 0) -> str:
         """C declarator of ``decl`` having type ``type_id`` (inside-out, as C reads)."""

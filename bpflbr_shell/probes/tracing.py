@@ -19,6 +19,7 @@ from ..kernel import libbpf
 from ..kernel.btf import Btf
 from ..kernel.model import ProgInfo, SubProg
 from ..lbr import AddrRange
+from ..values import Signature
 from .base import CaptureOptions, ProbeTracer
 
 MAX_ARGS = 6
@@ -37,6 +38,7 @@ class TracingTarget:
     addr: int = 0
     size: int = 0
     btf_obj_id: int = 0  # module BTF object for module functions (0: vmlinux)
+    signature: Signature | None = None  # BTF value types of params and return (BPF targets)
 
     @property
     def nargs(self) -> int:
@@ -58,7 +60,8 @@ def prog_target(prog: ProgInfo, func: str | None) -> TracingTarget:
     btf = Btf.parse(prog.raw.btf)
     params = tuple(name or f"arg{i}" for i, (name, _) in
                    enumerate(btf.func_params(sub.btf_type_id)))
-    return TracingTarget(sub.name, sub.btf_type_id, params, prog.id, sub.addr, sub.size)
+    return TracingTarget(sub.name, sub.btf_type_id, params, prog.id, sub.addr, sub.size,
+                         signature=btf.func_signature(sub.btf_type_id))
 
 
 def _subprog(prog: ProgInfo, func: str | None) -> SubProg:

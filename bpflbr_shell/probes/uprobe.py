@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from ..errors import FeatureError, NotFoundError, UsageError
 from ..events import Event
 from ..lbr import USER_SPACE, AddrRange
+from ..usersyms import ProbeSite
 from . import bccprog
 from .base import CaptureOptions, ProbeTracer
 
@@ -102,6 +103,11 @@ class UprobeTracer(ProbeTracer):
         self.targets = targets
         self.opts = opts
         self._attached: list[tuple[str, int, bool]] = []
+        binaries = {t.binary for t in targets}
+        # where the probes sit: places the binary in a process that exits before its events
+        # are read (usersyms: func_ip - the function's link-time address = the load bias)
+        self.site = ProbeSite(binaries.pop(), tuple(sorted({t.name for t in targets}))) \
+            if len(binaries) == 1 else None
 
     def knobs(self) -> dict[str, int]:
         return {"EMIT_ENTRY": int(not self.opts.retprobe)}

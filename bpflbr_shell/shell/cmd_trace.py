@@ -25,6 +25,7 @@ from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
 from bpflbr_shell.shell.context import Context, parse_bool, register_setting
 from bpflbr_shell.shell.registry import argument, command
 from bpflbr_shell.symbols import Location
+from bpflbr_shell.values import Signature
 
 register_setting("lbr-trim", True, "drop the tracer's own LBR entries (off: show all)",
                  parse_bool)
@@ -42,7 +43,7 @@ class Runtime:
     user_syms: Any = None
     lbr_notice_given: bool = False
     stats_fd: int | None = None
-    params: dict[tuple[int, str], list[str] | None] = field(default_factory=dict)
+    params: dict[tuple[int, str], Signature | None] = field(default_factory=dict)
 
     def close_stats(self) -> None:
         if self.stats_fd is not None and not any(t.running for t in self.session.traces.values()):
@@ -104,11 +105,12 @@ def options_for(rt: Runtime, event: Event, opts: RenderOptions) -> RenderOptions
                                keep_ranges=trace.keep_ranges)
 
 
-def params_of(rt: Runtime, event: Event) -> list[str] | None:
-    """Parameter names of the event's function: BTF (kernel/BPF targets) or DWARF (user)."""
+def params_of(rt: Runtime, event: Event) -> Signature | None:
+    """Parameter names and value types of the event's function: BTF (kernel/BPF targets) or
+    DWARF (user); renderers present args and retval through them."""
     trace = rt.session.traces.get(event.trace_id)
     if trace is not None and event.func_ip in trace.params:
-        return list(trace.params[event.func_ip])
+        return trace.params[event.func_ip]
     return rt.params.get((event.pid, event.func or ""))
 
 
@@ -134,7 +136,7 @@ def _enable_stats(rt: Runtime) -> None:
 
 
 def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
-              make: Callable[[Any], Any], params: dict[int, tuple[str, ...]] | None = None
+              make: Callable[[Any], Any], params: dict[int, Signature] | None = None
               ) -> None:
     """Start a tracer, then stream its events (foreground) or leave it running (``--bg``).
 
@@ -156,12 +158,14 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
         event.kstack = tracer.stack(kstack)
         event.ustack = tracer.stack(ustack)
         if event.func_ip < USER_SPACE_END:
-            rt.user_syms.prepare(event.pid)  # now, while the traced process still runs
+            # now, while the traced process may still run; a uprobe's site places its binary
+            # even when the process is already gone
+            rt.user_syms.prepare(event.pid, event.func_ip, getattr(tracer, "site", None))
         if event.func_ip < USER_SPACE_END:
             event.func = rt.user_syms.symbolize(event.pid, event.func_ip).func
             key = (event.pid, event.func or "")
             if key not in rt.params and event.func:
-                rt.params[key] = rt.user_syms.params(event.pid, event.func)
+                rt.params[key] = rt.user_syms.signature(event.pid, event.func, event.func_ip)
         else:
             if kernel_sym is None:
                 kernel_sym = ctx.kernel.symbolizer
@@ -236,6 +240,8 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     label = f"{kind} {os.path.basename(targets[0].binary)}:{glob}"
     names = ", ".join(t.name for t in targets[:5]) + (" ..." if len(targets) > 5 else "")
     spec = f"{kind} {args.target}" + (f" --pid {args.pid}" if args.pid else "")
+    if args.pid:  # its mappings now: the process may be gone before its first event is read
+        runtime(ctx).user_syms.prepare(args.pid)
     run_trace(ctx, args, spec,
               f"{kind} on {len(targets)} function(s) of {targets[0].binary}: {names}",
               lambda on_event: UprobeTracer(targets, opts, on_event, label))
@@ -326,7 +332,7 @@ def cmd_trace_prog(ctx: Context, args: argparse.Namespace) -> None:
     run_trace(ctx, args, f"trace prog {args.target} --{what.replace('+', ' --')}",
               f"{what} on {len(targets)} BPF function(s): {names}",
               lambda on_event: TracingTracer(targets, capture, entry, exit_, on_event, label),
-              params={t.addr: t.params for t in targets})
+              params={t.addr: t.signature or Signature.from_names(t.params) for t in targets})
 
 
 # trace kfunc -----------------------------------------------------------------------------------

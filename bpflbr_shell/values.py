@@ -1,0 +1,97 @@
+"""Typed presentation of probe values: registers are 64 bits, C values often are not.
+
+A probe reads arguments and the return value as whole 64-bit registers. An ``int`` of -1
+arrives as 0xffffffff (or with garbage above bit 31), a ``char`` as whatever the upper bytes
+hold. :class:`ValueType` is what the function's type information (DWARF for user code, BTF for
+BPF programs and the kernel) says about one value; :meth:`ValueType.present` turns the raw
+register into the integer the C code sees. :class:`Signature` is a function's parameters and
+return type; it is what traces attach to events and renderers present them through.
+
+Pure data, no drgn and no BTF here: both sides build these records (``usersyms`` from drgn
+types, ``kernel.btf`` from BTF) and ``render_events`` only reads them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+REG_BITS = 64
+
+
+@dataclass(frozen=True, slots=True)
+class ValueType:
+    """One C value: ``size`` bytes (0: not an integer we can present, e.g. a struct by value
+    or a float), signedness, and whether it is a pointer (shown raw, in hex)."""
+
+    size: int
+    signed: bool = False
+    pointer: bool = False
+    name: str = ""
+
+    @property
+    def integer(self) -> bool:
+        return not self.pointer and 0 < self.size <= REG_BITS // 8
+
+    def present(self, raw: int) -> int:
+        """The value the C code sees: truncated to ``size`` bytes, sign-extended if signed.
+        Pointers, unknown types and void stay raw."""
+        if not self.integer:
+            return raw
+        bits = self.size * 8
+        value = raw & ((1 << bits) - 1)
+        if self.signed and value >> (bits - 1):
+            value -= 1 << bits
+        return value
+
+    def format(self, value: int) -> str:
+        """Text of an already presented value: signed ints in decimal, pointers and large
+        unsigned values in hex (small unsigned ones read the same either way)."""
+        if self.integer and (self.signed or 0 <= value <= 9):
+            return str(value)
+        return f"{value:#x}"
+
+
+VOID = ValueType(0, name="void")
+
+
+@dataclass(frozen=True, slots=True)
+class Signature:
+    """A function's parameters (name, type or None when unknown) and return type."""
+
+    params: tuple[tuple[str, ValueType | None], ...]
+    ret: ValueType | None = None
+
+    @classmethod
+    def from_names(cls, names: Sequence[str]) -> Signature:
+        """Names only (no type information): values stay raw, as before types were known."""
+        return cls(tuple((n, None) for n in names))
+
+    @property
+    def names(self) -> list[str]:
+        return [n for n, _ in self.params]
+
+    def args(self, raw: Sequence[int]) -> dict[str, int]:
+        """name -> presented value, for as many values as both have."""
+        return {name: vt.present(v) if vt is not None else v
+                for (name, vt), v in zip(self.params, raw, strict=False)}
+
+    def retval(self, raw: int) -> int:
+        """The presented return value; a pointer stays raw, and an unknown type (or void,
+        a struct, a float) is the signed 64-bit register, as without a signature."""
+        ret = self.ret
+        if ret is not None and (ret.pointer or ret.integer):
+            return ret.present(raw)
+        return signed64(raw)
+
+
+def signed64(raw: int) -> int:
+    """The register as a signed 64-bit value: what an untyped return value is shown as."""
+    return raw - (1 << 64) if raw >= 1 << 63 else raw
+
+
+def as_signature(params: Signature | Sequence[str] | None) -> Signature | None:
+    """Renderers take a Signature, or (older callers, recorded traces) a list of names."""
+    if params is None or isinstance(params, Signature):
+        return params
+    return Signature.from_names(params)
