@@ -97,6 +97,8 @@ class Trace:
     tracer_ranges: tuple[Any, ...] = ()  # LBR trimming: the tracer's own code
     keep_ranges: tuple[Any, ...] = ()  # LBR trimming: the range of interest
     params: dict[int, Signature] = field(default_factory=dict)  # func_ip -> names and types
+    # kernel targets: function name -> Signature, looked up once per function seen
+    signature_of: Any = None
 
     def counters(self) -> dict[str, int]:
         """In-kernel counters (hits, drops, ...) plus our own; live while running."""

@@ -9,6 +9,7 @@ the guest either, so LBR is off and stacks are the fallback: the notice is check
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import os
@@ -73,6 +74,12 @@ class Reader:
         "r, w = os.pipe()\n"
         "for line in sys.stdin:\n"
         "    for n in map(int, line.split()):\n"
+        "        if n < 0:  # a read() that fails: EBADF\n"
+        "            try:\n"
+        "                os.read(987, 1)\n"
+        "            except OSError:\n"
+        "                pass\n"
+        "            continue\n"
         "        os.write(w, b'z' * n)\n"
         "        os.read(r, 4096)\n"
         "    print('done', flush=True)\n"
@@ -244,16 +251,20 @@ def test_kfunc_backends_exit_retval(shell: Shell, reader: Reader, backend: str) 
     shell.run(f"trace kfunc ksys_read --backend {backend} --exit --pid {reader.pid} "
               "--bg --quiet --no-lbr")
     assert f"--backend {backend}" in shell.run("trace list")
-    sizes = (3, 11, 7)
+    sizes = (3, 11, -1, 7)
     reader.run(*sizes)
     time.sleep(0.3)
     shell.run("trace stop")
     events = [e for e in shell.json("show events 50 --json")
               if e["func"] == "ksys_read" and e["kind"] == "exit"]
-    # the function's own return value: the bytes each read() returned, in order
-    assert [e["retval"] for e in events] == list(sizes), backend
+    # the function's own return value: the bytes each read() returned, in order, and -EBADF
+    # for the failing one (ssize_t from vmlinux BTF: a signed 64-bit value)
+    assert [e["retval"] for e in events] == [3, 11, -errno.EBADF, 7], backend
     assert all(e["duration_ns"] > 0 for e in events)
     assert all(e["pid"] == reader.pid for e in events)
+    # argument names and types from the kernel's BTF prototype
+    assert all(set(e["args"]) == {"fd", "buf", "count"} for e in events), events[0]
+    assert events[2]["args"]["fd"] == 987 and events[0]["args"]["count"] == 4096
 
 
 def test_module_functions_are_tagged(shell: Shell) -> None:

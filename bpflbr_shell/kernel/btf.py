@@ -100,6 +100,15 @@ class Btf:
     def type(self, type_id: int) -> BtfType | None:
         return self.types[type_id] if 0 < type_id < len(self.types) else None
 
+    def func_id(self, name: str) -> int | None:
+        """Type id of the FUNC called ``name`` (an index built on first use: vmlinux has
+        ~60k functions)."""
+        index = self.__dict__.get("_func_index")
+        if index is None:
+            index = {t.name: t.id for t in self.types[1:] if t is not None and t.kind == KIND_FUNC}
+            self.__dict__["_func_index"] = index
+        return index.get(name)
+
     def func_name(self, type_id: int) -> str | None:
         t = self.type(type_id)
         return t.name if t and t.kind == KIND_FUNC else None

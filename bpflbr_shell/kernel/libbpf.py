@@ -199,10 +199,6 @@ def lib() -> ctypes.CDLL:
                                          ctypes.POINTER(BpfProgLoadOpts)]),
         "bpf_link_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                            ctypes.POINTER(BpfLinkCreateOpts)]),
-        "btf__load_vmlinux_btf": (ctypes.c_void_p, []),
-        "btf__load_from_kernel_by_id": (ctypes.c_void_p, [u32]),
-        "btf__find_by_name_kind": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, u32]),
-        "btf__free": (None, [ctypes.c_void_p]),
     }
     return open_libbpf(sigs)
 
@@ -300,7 +296,6 @@ BPF_TRACE_FENTRY = 24
 BPF_TRACE_FEXIT = 25
 BPF_TRACE_KPROBE_MULTI = 42
 BPF_F_KPROBE_MULTI_RETURN = 1
-BTF_KIND_FUNC = 12
 LOG_SIZE = 1 << 20
 
 
@@ -348,29 +343,3 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int,
         raise FeatureError(f"{what}: not supported by this kernel (EOPNOTSUPP)",
                            "see 'show features'")
     return check(ret, what)
-
-
-def btf_func_ids(names: list[str], btf_obj_id: int = 0) -> dict[str, int]:
-    """BTF FUNC ids of ``names`` in vmlinux (or the BTF object ``btf_obj_id``), loading the
-    BTF once; names without a FUNC are left out."""
-    so = lib()
-    btf = so.btf__load_from_kernel_by_id(btf_obj_id) if btf_obj_id else so.btf__load_vmlinux_btf()
-    if not btf:
-        raise FeatureError("cannot load kernel BTF", "needs CONFIG_DEBUG_INFO_BTF=y")
-    found: dict[str, int] = {}
-    try:
-        for name in names:
-            tid = so.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC)
-            if tid > 0:
-                found[name] = tid
-    finally:
-        so.btf__free(btf)
-    return found
-
-
-def btf_func_id(name: str, btf_obj_id: int = 0) -> int:
-    """BTF id of FUNC ``name`` in vmlinux (or in the BTF object ``btf_obj_id``)."""
-    found = btf_func_ids([name], btf_obj_id)
-    if name not in found:
-        raise NotFoundError(f"no BTF function named '{name}'")
-    return found[name]

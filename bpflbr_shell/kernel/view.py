@@ -10,12 +10,13 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from ..errors import NotFoundError
+from ..errors import KernelDataError, NotFoundError
 from . import libbpf, progs, selectors
 from .model import ProgInfo
 
 if TYPE_CHECKING:
     from ..symbols import Symbolizer
+    from .btf import Btf
     from .kallsyms import KallsymsIndex
 
 
@@ -105,6 +106,20 @@ class KernelView:
     def reload_kallsyms(self) -> None:
         self._kallsyms = None
         self._symbolizer = None
+
+    @property
+    def vmlinux_btf(self) -> Btf | None:
+        """The kernel's own BTF, parsed once (about 0.3 s), for kernel functions' prototypes;
+        None when the kernel has none."""
+        if "_vmlinux_btf" not in self.__dict__:
+            from .btf import Btf
+
+            try:
+                with open("/sys/kernel/btf/vmlinux", "rb") as f:
+                    self.__dict__["_vmlinux_btf"] = Btf.parse(f.read())
+            except (OSError, KernelDataError):
+                self.__dict__["_vmlinux_btf"] = None
+        return self.__dict__["_vmlinux_btf"]
 
     @property
     def symbolizer(self) -> Symbolizer:

@@ -136,8 +136,8 @@ def _enable_stats(rt: Runtime) -> None:
 
 
 def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
-              make: Callable[[Any], Any], params: dict[int, Signature] | None = None
-              ) -> None:
+              make: Callable[[Any], Any], params: dict[int, Signature] | None = None,
+              signature_of: Callable[[str | None], Signature | None] | None = None) -> None:
     """Start a tracer, then stream its events (foreground) or leave it running (``--bg``).
 
     Every path out of here (limit, duration, Ctrl-C, an exception) detaches a foreground
@@ -170,6 +170,8 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
             if kernel_sym is None:
                 kernel_sym = ctx.kernel.symbolizer
             event.func = kernel_sym.symbolize(event.func_ip).func
+            if trace.signature_of is not None and event.func_ip not in trace.params:
+                trace.params[event.func_ip] = trace.signature_of(event.func)
         session.store.add(event)
         trace.delivered += 1
         for hook in list(session.hooks):
@@ -184,6 +186,7 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
 
     trace = session.add(spec, make, deliver)
     trace.params = dict(params or {})
+    trace.signature_of = signature_of
     if not trace.tracer.lbr_off_reason and args.lbr:
         from bpflbr_shell.probes.ranges import tracer_ranges
 
@@ -367,11 +370,11 @@ def cmd_trace_kfunc(ctx: Context, args: argparse.Namespace) -> None:
     reasons: list[str] = []
     for backend in backends:
         try:
-            make = kfunc_tracer_factory(backend, funcs, capture, args.exit, label)
+            make = kfunc_tracer_factory(backend, funcs, capture, args.exit, label, kernel)
             run_trace(ctx, args, f"{spec} --backend {backend}",
                       f"{backend} on {len(funcs)} kernel function(s): "
                       + ", ".join(map(str, funcs[:5])) + (" ..." if len(funcs) > 5 else ""),
-                      make)
+                      make, signature_of=kernel_signatures(kernel))
             return
         except UserError as exc:  # this kernel lacks or refuses the backend: try the next
             reasons.append(f"{backend}: {exc.problem}")
@@ -383,14 +386,24 @@ def cmd_trace_kfunc(ctx: Context, args: argparse.Namespace) -> None:
             ctx.warn(f"{backend} unavailable ({exc.problem}); trying the next backend")
 
 
+def kernel_signatures(kernel: Any) -> Callable[[str | None], Signature | None]:
+    """Prototypes of kernel functions from vmlinux BTF, for typed args and retval."""
+
+    def signature_of(name: str | None) -> Signature | None:
+        btf = kernel.vmlinux_btf
+        type_id = btf.func_id(name) if btf is not None and name else None
+        return btf.func_signature(type_id) if type_id else None
+
+    return signature_of
+
+
 def plan_backends(choice: str) -> list[str]:
     return ["multi", "fentry", "kprobe"] if choice == "auto" else [choice]
 
 
 def kfunc_tracer_factory(backend: str, funcs: list[Any], capture: Any, exit_: bool,
-                         label: str) -> Callable[[Any], Any]:
-    from bpflbr_shell.errors import UsageError
-    from bpflbr_shell.kernel import libbpf
+                         label: str, kernel: Any) -> Callable[[Any], Any]:
+    from bpflbr_shell.errors import FeatureError, UsageError
     from bpflbr_shell.probes.kprobes import KprobeTracer
     from bpflbr_shell.probes.tracing import TracingTarget, TracingTracer
 
@@ -399,8 +412,17 @@ def kfunc_tracer_factory(backend: str, funcs: list[Any], capture: Any, exit_: bo
         if modules:
             raise UsageError(f"the fentry backend attaches to vmlinux functions only; "
                              f"{modules[0]} is in a module", "use --backend multi or kprobe")
-        ids = libbpf.btf_func_ids([k.name for k in funcs])
-        targets = [TracingTarget(k.name, ids[k.name], ()) for k in funcs if k.name in ids]
+        btf = kernel.vmlinux_btf
+        if btf is None:
+            raise FeatureError("the kernel has no BTF (/sys/kernel/btf/vmlinux)",
+                               "fentry needs CONFIG_DEBUG_INFO_BTF=y; use kprobes")
+        targets = []
+        for k in funcs:
+            type_id = btf.func_id(k.name)
+            sig = btf.func_signature(type_id) if type_id else None
+            if type_id and sig is not None:
+                targets.append(TracingTarget(k.name, type_id, tuple(n for n, _ in sig.params),
+                                             signature=sig))
         if not targets:
             raise UsageError("none of the functions has a BTF prototype", "use kprobes")
         return lambda on_event: TracingTracer(targets, capture, not exit_, exit_, on_event,
