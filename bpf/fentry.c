@@ -11,12 +11,6 @@
 #ifndef NARGS
 #define NARGS 0
 #endif
-#ifndef EMIT_ENTRY
-#define EMIT_ENTRY 1
-#endif
-#ifndef PAIR_EXIT
-#define PAIR_EXIT 0
-#endif
 
 static __always_inline void read_args(u64 *ctx, struct entry_state *st)
 {
@@ -33,26 +27,13 @@ int on_fentry(u64 *ctx)
 {
     struct lbr_buf *lbr = 0;
     long lbr_ret = EMIT_ENTRY ? take_lbr_snapshot(&lbr) : -95;
-    u64 id = bpf_get_current_pid_tgid();
-    if (filtered_out(id >> 32)) {
-        count(STAT_FILTERED);
+    if (!entry_wanted(lbr_ret))
         return 0;
-    }
-    count(STAT_HITS);
-    if (EMIT_ENTRY && CAPTURE_LBR && lbr_ret < 0)
-        count(STAT_LBR_ERRORS);
     struct entry_state st = {};
     st.ts_ns = bpf_ktime_get_ns();
     st.func_ip = bpf_get_func_ip(ctx);
     read_args(ctx, &st);
-#if PAIR_EXIT
-    stash_entry(st.func_ip, &st);
-#endif
-#if EMIT_ENTRY
-    return emit(ctx, lbr, lbr_ret, EV_ENTRY, &st, st.ts_ns, 0);
-#else
-    return 0;
-#endif
+    return finish_entry(ctx, lbr, lbr_ret, &st, st.func_ip);
 }
 
 int on_fexit(u64 *ctx)
@@ -60,25 +41,11 @@ int on_fexit(u64 *ctx)
     struct lbr_buf *lbr = 0;
     long lbr_ret = take_lbr_snapshot(&lbr);
     u64 now = bpf_ktime_get_ns();
-    u64 id = bpf_get_current_pid_tgid();
-    if (filtered_out(id >> 32)) {
-        count(STAT_FILTERED);
-        return 0;
-    }
     u64 func_ip = bpf_get_func_ip(ctx);
     struct entry_state st = {};
-#if PAIR_EXIT
-    if (!take_entry(func_ip, &st)) {
-        count(STAT_MISSED_ENTRY);
-        st.func_ip = func_ip;
-    }
-#else
-    count(STAT_HITS);
-    st.func_ip = func_ip;
-#endif
+    if (!exit_wanted(lbr_ret, func_ip, func_ip, &st))
+        return 0;
     read_args(ctx, &st); /* fexit sees the arguments too */
-    if (CAPTURE_LBR && lbr_ret < 0)
-        count(STAT_LBR_ERRORS);
     u64 ret = 0;
     bpf_get_func_ret(ctx, &ret);
     return emit(ctx, lbr, lbr_ret, EV_EXIT, &st, now, ret);

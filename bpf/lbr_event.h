@@ -32,6 +32,15 @@
 #define MAX_ACTIVE 10240
 #endif
 
+/* EMIT_ENTRY: entry probes emit events; PAIR_EXIT: entries are stashed so exits get args
+ * and durations. Each tracer sets both; the defaults suit kernel targets. */
+#ifndef EMIT_ENTRY
+#define EMIT_ENTRY 1
+#endif
+#ifndef PAIR_EXIT
+#define PAIR_EXIT 0
+#endif
+
 #define MAX_ARGS 6
 #define EV_ENTRY 1
 #define EV_EXIT 2

@@ -125,4 +125,65 @@ static __always_inline int take_entry(u64 key_ip, struct entry_state *out)
     return 1;
 }
 
+/* Common part of every entry probe, after the snapshot: filter, count; 0 = not ours. */
+static __always_inline int entry_wanted(long lbr_ret)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (filtered_out(id >> 32)) {
+        count(STAT_FILTERED);
+        return 0;
+    }
+    count(STAT_HITS);
+    if (EMIT_ENTRY && CAPTURE_LBR && lbr_ret < 0)
+        count(STAT_LBR_ERRORS);
+    return 1;
+}
+
+/* The end of an entry probe: stash for the exit side (key_ip as stash_entry takes it) and/or
+ * emit the entry event. */
+static __always_inline int finish_entry(void *ctx, struct lbr_buf *lbr, long lbr_ret,
+                                        struct entry_state *st, u64 key_ip)
+{
+    if (PAIR_EXIT)
+        stash_entry(key_ip, st);
+    if (EMIT_ENTRY)
+        return emit(ctx, lbr, lbr_ret, EV_ENTRY, st, st->ts_ns, 0);
+    return 0;
+}
+
+/* Common part of every exit probe, after the snapshot: filter, pair with the entry (its args
+ * and start time) when PAIR_EXIT, count; 0 = not ours. key_ip as take_entry takes it. */
+static __always_inline int exit_wanted(long lbr_ret, u64 func_ip, u64 key_ip,
+                                       struct entry_state *st)
+{
+    u64 id = bpf_get_current_pid_tgid();
+    if (filtered_out(id >> 32)) {
+        count(STAT_FILTERED);
+        return 0;
+    }
+    if (!PAIR_EXIT) {
+        count(STAT_HITS);
+        st->func_ip = func_ip;
+    } else if (!take_entry(key_ip, st)) {
+        count(STAT_MISSED_ENTRY); /* attached mid-call, or the entry was not ours */
+        if (!func_ip)
+            return 0; /* nothing to name the function by (uretprobes) */
+        st->func_ip = func_ip;
+    }
+    if (CAPTURE_LBR && lbr_ret < 0)
+        count(STAT_LBR_ERRORS);
+    return 1;
+}
+
+/* A pt_regs probe's six register arguments (x86-64 calling convention). */
+static __always_inline void regs_args(struct pt_regs *ctx, struct entry_state *st)
+{
+    st->args[0] = PT_REGS_PARM1(ctx);
+    st->args[1] = PT_REGS_PARM2(ctx);
+    st->args[2] = PT_REGS_PARM3(ctx);
+    st->args[3] = PT_REGS_PARM4(ctx);
+    st->args[4] = PT_REGS_PARM5(ctx);
+    st->args[5] = PT_REGS_PARM6(ctx);
+}
+
 #endif

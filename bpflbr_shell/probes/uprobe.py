@@ -110,7 +110,7 @@ class UprobeTracer(ProbeTracer):
             if len(binaries) == 1 else None
 
     def knobs(self) -> dict[str, int]:
-        return {"EMIT_ENTRY": int(not self.opts.retprobe)}
+        return {"EMIT_ENTRY": int(not self.opts.retprobe), "PAIR_EXIT": int(self.opts.retprobe)}
 
     def attach(self) -> None:
         bccprog.ensure_tracefs()  # BCC's uprobe detach path reads uprobe_events
