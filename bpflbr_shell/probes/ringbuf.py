@@ -17,7 +17,6 @@ from collections.abc import Callable
 BUSY_BIT = 1 << 31
 DISCARD_BIT = 1 << 30
 HDR_SIZE = 8
-_U64 = struct.Struct("<Q")
 _U32 = struct.Struct("<I")
 
 
@@ -33,6 +32,12 @@ class RingBufReader:
         self._producer = mmap.mmap(map_fd, page + 2 * size, mmap.MAP_SHARED, mmap.PROT_READ,
                                    offset=page)
         self._data = memoryview(self._producer)[page:]
+        # The positions are read and written as whole 8-byte words (a memoryview item is one
+        # memcpy). Not struct.pack_into: it zero-fills the field before writing it, and a
+        # producer that reads consumer_pos == 0 once the ring has wrapped sees it as full and
+        # drops the event; byte-wise reads could also tear a moving producer_pos.
+        self._cons_pos = memoryview(self._consumer).cast("Q")
+        self._prod_pos = memoryview(self._producer)[:page].cast("Q")
         self._epoll = select.epoll()
         self._epoll.register(map_fd, select.EPOLLIN)
         self._page = page
@@ -43,8 +48,9 @@ class RingBufReader:
 
     def drain(self, handle: Callable[[memoryview], None], limit: int | None = None) -> int:
         """Hand every committed record to ``handle``; returns how many were handled."""
-        cons = _U64.unpack_from(self._consumer, 0)[0]
-        prod = _U64.unpack_from(self._producer, 0)[0]
+        cons_pos = self._cons_pos
+        cons = cons_pos[0]
+        prod = self._prod_pos[0]
         data, mask, done = self._data, self.mask, 0
         while cons < prod and (limit is None or done < limit):
             off = cons & mask
@@ -62,11 +68,13 @@ class RingBufReader:
                     record.release()
                 done += 1
             cons += (HDR_SIZE + size + 7) & ~7
-            _U64.pack_into(self._consumer, 0, cons)  # give the space back as we go
+            cons_pos[0] = cons  # give the space back as we go
         return done
 
     def close(self) -> None:
         self._epoll.close()
+        self._cons_pos.release()
+        self._prod_pos.release()
         self._data.release()
         self._producer.close()
         self._consumer.close()
