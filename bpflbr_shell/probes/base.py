@@ -31,6 +31,9 @@ class CaptureOptions:
     branch_types: str = "any"
     ustack: bool = True
     kstack: bool = True
+    # stacks are the LBR fallback: with LBR records they are taken only when asked for
+    # (--stack/--kstack): the kernel stack walk is most of a probe's in-kernel cost
+    stacks_with_lbr: bool = False
     pid: int = -1
     ringbuf_pages: int = 1024  # 4 MiB: ~100 ms of a busy target at the 100 ms drain period
     extra: dict[str, int] = field(default_factory=dict)
@@ -43,6 +46,14 @@ def wakeup_every(ringbuf_pages: int, raw_type: type[ctypes.Structure]) -> int:
     record = ctypes.sizeof(raw_type) + 8  # ring-buffer record header
     cpus = os.cpu_count() or 1
     return max(1, ringbuf_pages * 4096 // record // (8 * cpus))
+
+
+def stack_knobs(capture: CaptureOptions, lbr_on: bool) -> dict[str, int]:
+    """Which stacks the probe takes: the asked-for ones when LBR is off (they are its
+    fallback), only on request (``stacks_with_lbr``) when LBR records are captured."""
+    stacks = not lbr_on or capture.stacks_with_lbr
+    return {"CAPTURE_USTACK": int(capture.ustack and stacks),
+            "CAPTURE_KSTACK": int(capture.kstack and stacks)}
 
 
 class ProbeTracer:
@@ -89,8 +100,7 @@ class ProbeTracer:
         raw_type = raw_event_type(self.lbr_entries)
         knobs = {
             "CAPTURE_LBR": int(capture_lbr), "LBR_ENTRIES": self.lbr_entries,
-            "CAPTURE_USTACK": int(self.capture.ustack),
-            "CAPTURE_KSTACK": int(self.capture.kstack),
+            **stack_knobs(self.capture, capture_lbr),
             "RINGBUF_PAGES": self.capture.ringbuf_pages,
             "WAKEUP_EVERY": wakeup_every(self.capture.ringbuf_pages, raw_type),
             **self.knobs(), **self.capture.extra,

@@ -37,6 +37,7 @@ class UprobeOptions:
     lbr: bool = True
     ustack: bool = True
     kstack: bool = False  # a uprobe's kernel stack is only the trap path: off unless asked
+    stacks_with_lbr: bool = False  # see CaptureOptions
     branch_types: str = "any"
     ringbuf_pages: int = 1024  # 4 MiB: ~100 ms of a busy target at the 100 ms drain period
     extra: dict[str, int] = field(default_factory=dict)
@@ -99,7 +100,7 @@ class UprobeTracer(ProbeTracer):
         super().__init__(CaptureOptions(
             lbr=opts.lbr, branch_types=opts.branch_types, ustack=opts.ustack,
             kstack=opts.kstack, pid=opts.pid, ringbuf_pages=opts.ringbuf_pages,
-            extra=opts.extra), on_event, label)
+            stacks_with_lbr=opts.stacks_with_lbr, extra=opts.extra), on_event, label)
         self.targets = targets
         self.opts = opts
         self._attached: list[tuple[str, int, bool]] = []

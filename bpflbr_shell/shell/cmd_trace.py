@@ -223,7 +223,8 @@ def kernel_capture_options(ctx: Context, args: argparse.Namespace) -> Any:
     from bpflbr_shell.probes.base import CaptureOptions
 
     return CaptureOptions(lbr=args.lbr, branch_types=ctx.settings["lbr-branch-types"],
-                          ustack=args.stack, kstack=True, pid=args.pid or -1)
+                          ustack=args.stack, kstack=True, pid=args.pid or -1,
+                          stacks_with_lbr=args.stack or args.kstack)
 
 
 # trace uprobe / uretprobe ----------------------------------------------------------------------
@@ -239,7 +240,8 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     targets = resolve_targets(binary, glob)
     kind = "uretprobe" if retprobe else "uprobe"
     opts = UprobeOptions(retprobe=retprobe, pid=args.pid or -1, lbr=args.lbr,
-                         kstack=args.kstack, branch_types=ctx.settings["lbr-branch-types"])
+                         kstack=args.kstack, branch_types=ctx.settings["lbr-branch-types"],
+                         stacks_with_lbr=args.stack or args.kstack)
     label = f"{kind} {os.path.basename(targets[0].binary)}:{glob}"
     names = ", ".join(t.name for t in targets[:5]) + (" ..." if len(targets) > 5 else "")
     spec = f"{kind} {args.target}" + (f" --pid {args.pid}" if args.pid else "")
