@@ -199,10 +199,12 @@ class Session:
             try:
                 while not trace.stop_flag.is_set():
                     trace.tracer.poll(100)
-            except BaseException as exc:  # report, then detach: never leave it attached
-                on_error(exc)
-                trace.tracer.close()
-                trace.stopped_ns = time.monotonic_ns()
+            except BaseException as exc:  # detach first (never leave it attached), then report
+                try:
+                    trace.tracer.close()
+                finally:
+                    trace.stopped_ns = time.monotonic_ns()
+                    on_error(exc)
 
         trace.thread = threading.Thread(target=loop, name=f"trace-{trace.id}", daemon=True)
         trace.thread.start()

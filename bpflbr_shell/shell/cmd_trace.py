@@ -199,7 +199,11 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
         rt.lbr_notice_given = True
         ctx.warn(f"LBR off: {reason}; showing stack traces instead")
     if args.bg:
-        session.run_background(trace, lambda exc: ctx.error_line(f"trace {trace.id}: {exc}"))
+        def on_error(exc: BaseException) -> None:
+            ctx.error_line(f"trace {trace.id}: {exc}")
+            rt.close_stats()  # the dead trace no longer needs run-time stats
+
+        session.run_background(trace, on_error)
         ctx.print(f"trace {trace.id} runs in the background ('trace stop {trace.id}' ends it)")
         return
     deadline = time.monotonic() + args.duration if args.duration else None
