@@ -203,16 +203,18 @@ def render_blocks(blocks: Sequence[Sequence[LbrRow]], width: int = 2,
     """Lines in the seed's format, columns aligned per block, oldest first; each line starts
     with ``indent``."""
     lines: list[str] = []
+    append = lines.append
     blank_tag = indent + " " * len(f"[#{0:0{width}d}] ")
     for block in blocks:
-        src_files = [r.src.paren for r in block]
-        w_src = max([len(r.src.where) for r in block])
-        w_src_file = max(map(len, src_files))
-        w_dst = max([len(r.dst.where) for r in block])
-        for r, src_file in zip(block, src_files):  # noqa: B905 - same length by construction
-            tag = f"{indent}[#{r.index:0{width}d}] " if r.first_in_group else blank_tag
-            src = r.src.where.ljust(w_src)
-            dst, dst_file = r.dst.where, r.dst.paren
+        # one pass to unpack the rows (attribute reads are most of this function's cost)
+        rows = [(index, first, src.where, src.paren, dst.where, dst.paren)
+                for index, first, src, dst in block]
+        w_src = max([len(r[2]) for r in rows])
+        w_src_file = max([len(r[3]) for r in rows])
+        w_dst = max([len(r[4]) for r in rows])
+        for index, first, src, src_file, dst, dst_file in rows:
+            tag = f"{indent}[#{index:0{width}d}] " if first else blank_tag
+            src = src.ljust(w_src)
             if dst_file:  # pad only before a file column: no trailing blanks inside colour
                 dst = dst.ljust(w_dst)
             if w_src_file:
@@ -220,8 +222,10 @@ def render_blocks(blocks: Sequence[Sequence[LbrRow]], width: int = 2,
             if paint:
                 src, dst = paint(src, "func"), paint(dst, "func")
                 src_file, dst_file = paint(src_file, "file"), paint(dst_file, "file")
-            left = f"{src} {src_file}" if w_src_file else src
-            lines.append(f"{tag}{left} -> {dst} {dst_file}".rstrip())
+            if w_src_file:
+                append(f"{tag}{src} {src_file} -> {dst} {dst_file}".rstrip())
+            else:
+                append(f"{tag}{src} -> {dst} {dst_file}".rstrip())
     return lines
 
 
