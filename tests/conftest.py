@@ -68,6 +68,20 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
             "see the skip reasons above (-rs)", red=True, bold=True)
 
 
+# ---- shell helpers ----------------------------------------------------------------------------
+
+def builtins_registry():
+    """A fresh command registry holding only the shell's built-ins (help, set, source, ...),
+    for tests that add their own commands beside them."""
+    from bpflbr_shell.shell import Registry, load_builtin_commands
+
+    reg = Registry()
+    for cmd in load_builtin_commands().commands():
+        if cmd.func.__module__ == "bpflbr_shell.shell.builtins":
+            reg.add(cmd)
+    return reg
+
+
 # ---- capability fixtures ----------------------------------------------------------------------
 
 def have_root() -> bool:

@@ -7,14 +7,14 @@ import io
 from pathlib import Path
 
 import pytest
+from conftest import builtins_registry
 from prompt_toolkit.completion import CompleteEvent
 from prompt_toolkit.document import Document
 
 from bpflbr_shell.errors import PrivilegeError
-from bpflbr_shell.shell import load_builtin_commands
 from bpflbr_shell.shell.completion import ShellCompleter, candidates, split_for_completion
 from bpflbr_shell.shell.context import SETTINGS, Context
-from bpflbr_shell.shell.registry import Registry, argument
+from bpflbr_shell.shell.registry import argument
 
 
 def prog_completer(ctx: Context, prefix: str) -> list[tuple[str, str]]:
@@ -27,10 +27,7 @@ def denied(ctx: Context, prefix: str) -> list[str]:
 
 @pytest.fixture
 def ctx() -> Context:
-    reg = Registry()
-    for cmd in load_builtin_commands().commands():
-        if cmd.func.__module__ == "bpflbr_shell.shell.builtins":
-            reg.add(cmd)
+    reg = builtins_registry()
 
     @reg.command("show prog", help="one program", completers={"SEL": prog_completer})
     @argument("sel", metavar="SEL")

@@ -14,13 +14,12 @@ from pathlib import Path
 
 import pexpect
 import pytest
+from conftest import builtins_registry
 from prompt_toolkit.history import InMemoryHistory
 from prompt_toolkit.input import create_pipe_input
 from prompt_toolkit.output import DummyOutput
 
-from bpflbr_shell.shell import load_builtin_commands
 from bpflbr_shell.shell.context import Context
-from bpflbr_shell.shell.registry import Registry
 from bpflbr_shell.shell.repl import make_session, open_history, run_repl
 
 Step = tuple[str, Callable[[], bool] | None]
@@ -28,10 +27,7 @@ Step = tuple[str, Callable[[], bool] | None]
 
 @pytest.fixture
 def ctx() -> Context:
-    reg = Registry()
-    for cmd in load_builtin_commands().commands():
-        if cmd.func.__module__ == "bpflbr_shell.shell.builtins":
-            reg.add(cmd)
+    reg = builtins_registry()
 
     @reg.command("slow")
     def slow(ctx: Context, args: argparse.Namespace) -> None:

@@ -7,21 +7,17 @@ import io
 from pathlib import Path
 
 import pytest
+from conftest import builtins_registry
 
 from bpflbr_shell.errors import NotFoundError
-from bpflbr_shell.shell import load_builtin_commands
 from bpflbr_shell.shell.context import Context
-from bpflbr_shell.shell.registry import Registry
 from bpflbr_shell.shell.runner import run_line
 
 
 @pytest.fixture
 def ctx() -> Context:
     """A context over the built-ins plus a few misbehaving test commands."""
-    reg = Registry()
-    for cmd in load_builtin_commands().commands():
-        if cmd.func.__module__ == "bpflbr_shell.shell.builtins":
-            reg.add(cmd)
+    reg = builtins_registry()
 
     @reg.command("boom")
     def boom(ctx: Context, args: argparse.Namespace) -> None:

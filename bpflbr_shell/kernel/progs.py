@@ -70,7 +70,7 @@ def read_raw_prog_info_fd(fd: int, with_btf: bool = True) -> RawProgInfo:
             for i in range(count)
         ]
 
-    raw_tags = bytes(tags)
+    raw_tags, raw_jlinfo = bytes(tags), bytes(jlinfo)  # one copy each, not one per record
     n_tags_out = min(n_tags, full.nr_prog_tags)
     return RawProgInfo(
         id=info.id,
@@ -95,7 +95,7 @@ def read_raw_prog_info_fd(fd: int, with_btf: bool = True) -> RawProgInfo:
         func_info=[(r[0], r[1]) for r in rows(finfo, n_finfo, finfo_size, 2)],
         line_info=[(r[0], r[1], r[2], r[3]) for r in rows(linfo, n_linfo, linfo_size, 4)],
         jited_line_info=[
-            int.from_bytes(bytes(jlinfo)[i * jlinfo_size : i * jlinfo_size + 8], "little")
+            int.from_bytes(raw_jlinfo[i * jlinfo_size : i * jlinfo_size + 8], "little")
             for i in range(n_jlinfo)
         ],
         prog_tags=[raw_tags[i * 8 : i * 8 + 8].hex() for i in range(n_tags_out)],
