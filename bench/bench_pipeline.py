@@ -144,7 +144,7 @@ def run_pipeline(records: list[bytes], n: int, out: Any, emit: Callable[[Any], s
 
 
 def measure(sc: Any, records: list[bytes], n: int) -> dict[str, dict[str, float]]:
-    from bpflbr_shell.render_events import event_json, event_to_json, render_event
+    from bpflbr_shell.render_events import EndpointMap, event_json, event_to_json, render_event
     from bpflbr_shell.symbols import Symbolizer
 
     opts = sc.opts(keep_ranges=sc.keep_ranges)
@@ -156,14 +156,21 @@ def measure(sc: Any, records: list[bytes], n: int) -> dict[str, dict[str, float]
             def symbolize(event: Any, addr: int, sym: Symbolizer = sym) -> Any:
                 return sym.symbolize(addr)
 
+            # text as the shell prints it: one EndpointMap kept across events (cold: emptied
+            # with the symbolizer's cache before every event, as a generation change would)
+            endpoints = EndpointMap(symbolize)
             emitters = {  # JSON as 'trace --json' prints it: sorted keys
-                "text": lambda ev, s=symbolize: render_event(ev, s, opts),
+                "text": lambda ev, s=symbolize, m=endpoints: render_event(ev, s, opts, None, m),
                 "json": lambda ev, s=symbolize: json.dumps(event_to_json(ev, s, opts),
                                                            sort_keys=True),
                 "json-fast": lambda ev, s=symbolize: event_json(ev, s, opts),
             }
             for fmt, emit in emitters.items():
-                clear = sym._cache.clear if cache == "cold" else None
+                clear = None
+                if cache == "cold":
+                    def clear(sym: Symbolizer = sym, endpoints: EndpointMap = endpoints) -> None:
+                        sym._cache.clear()
+                        endpoints.clear()
                 if cache == "warm":  # one pass over every record fills the cache
                     run_pipeline(records, len(records), out, emit, None)
                 wall, cpu = run_pipeline(records, n, out, emit, clear)

@@ -11,6 +11,7 @@ import ctypes
 import functools
 import struct
 from dataclasses import dataclass, field
+from itertools import repeat
 from typing import NamedTuple
 
 LBR_ENTRIES = 32
@@ -55,22 +56,32 @@ RawEvent = raw_event_type()
 
 
 class Branch(NamedTuple):
-    """One LBR record: a taken branch from ``src`` to ``dst``.
+    """One LBR record: a taken branch from ``src`` to ``dst``, with the hardware's flag word.
 
-    Immutable like the frozen dataclass it was, but a tuple: every event creates 32 of these,
-    and a frozen dataclass's ``__init__`` cost more than all the rest of decoding."""
+    A tuple built straight from the record's three words: every event creates 32 of these, and
+    decoding the flags eagerly cost more than all the rest of decoding. ``mispred``, ``cycles``
+    and ``type`` read the word when asked (perf_branch_entry: mispred:1 predicted:1 in_tx:1
+    abort:1 cycles:16 type:4 ...)."""
 
     src: int
     dst: int
-    mispred: bool = False
-    cycles: int = 0
-    type: str = "unknown"
+    flags: int = 0
+
+    @property
+    def mispred(self) -> bool:
+        return bool(self[2] & 1)
+
+    @property
+    def cycles(self) -> int:
+        return (self[2] >> 4) & 0xFFFF
+
+    @property
+    def type(self) -> str:
+        return BRANCH_TYPES[(self[2] >> 20) & 0xF]
 
     @classmethod
     def from_raw(cls, src: int, dst: int, flags: int) -> Branch:
-        # perf_branch_entry: mispred:1 predicted:1 in_tx:1 abort:1 cycles:16 type:4 ...
-        return _new_tuple(cls, (src, dst, bool(flags & 1), (flags >> 4) & 0xFFFF,
-                                BRANCH_TYPES[(flags >> 20) & 0xF]))
+        return _new_tuple(cls, (src, dst, flags))
 
 
 _new_tuple = tuple.__new__
@@ -121,11 +132,9 @@ def decode_record(buf: memoryview | bytes, probe: str, nargs: int = MAX_ARGS
     lbr: list[Branch] = []
     if nr_lbr:
         n = min(nr_lbr, (len(buf) - HEAD.size) // BRANCH.size)
-        new, types = _new_tuple, BRANCH_TYPES
-        lbr = [new(Branch, (src, dst, bool(flags & 1), (flags >> 4) & 0xFFFF,
-                            types[(flags >> 20) & 0xF]))  # Branch.from_raw, inlined
-               for src, dst, flags in BRANCH.iter_unpack(
-                   memoryview(buf)[HEAD.size : HEAD.size + n * BRANCH.size])]
+        # Branch.from_raw on every (from, to, flags) triple, all in C
+        lbr = list(map(_new_tuple, repeat(Branch, n), BRANCH.iter_unpack(
+            memoryview(buf)[HEAD.size : HEAD.size + n * BRANCH.size])))
     event = Event(probe, "exit" if is_exit else "entry", ts, pid, tid, cpu,
                   comm.split(b"\0", 1)[0].decode("utf-8", "replace"), func_ip,
                   [a0, a1, a2, a3, a4, a5][:nargs], retval if is_exit else None,

@@ -11,7 +11,8 @@ from __future__ import annotations
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from itertools import repeat
 from typing import NamedTuple
 
 from .events import Branch
@@ -128,8 +129,8 @@ def trim(branches: Sequence[Branch], tracer: Sequence[AddrRange] = (),
 
     ``branches`` are most-recent-first, as ``bpf_get_branch_snapshot`` writes them.
     """
-    new, nbr = _new_tuple, NumberedBranch  # NumberedBranch(i, b), without the Python __new__
-    numbered = [new(nbr, ib) for ib in enumerate(branches)]
+    # NumberedBranch(i, b) for each, all in C (no Python-level __new__)
+    numbered = list(map(_new_tuple, repeat(NumberedBranch), enumerate(branches)))
     numbered.reverse()
     result = TrimResult(numbered, len(numbered))
     if not enabled or not numbered:
@@ -151,17 +152,18 @@ def trim(branches: Sequence[Branch], tracer: Sequence[AddrRange] = (),
     return result
 
 
-@dataclass(frozen=True, slots=True)
-class Endpoint:
-    """A branch end, symbolized: ``func+0xoff`` and an optional ``file:line``."""
+class Endpoint(NamedTuple):
+    """A branch end, symbolized: ``func+0xoff`` and an optional ``file:line``. A tuple (built
+    once per address, read twice per row of every event); make one with :meth:`of`."""
 
     func: str | None
     where: str  # "func+0xoff" or "0xADDR"
     source: str  # "file:line[:col]" or ""
-    paren: str = field(default="", compare=False)  # "(source)" or "": set from source
+    paren: str = ""  # "(source)" or ""
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "paren", _paren(self.source))
+    @classmethod
+    def of(cls, func: str | None, where: str, source: str) -> Endpoint:
+        return cls(func, where, source, _paren(source))
 
 
 class LbrRow(NamedTuple):  # a tuple, not a frozen dataclass: one per row of every event
@@ -180,21 +182,20 @@ def group(entries: Sequence[NumberedBranch],
     mk, row_t = _new_tuple, LbrRow  # LbrRow(...) without the Python-level __new__
     seen: dict[int, Endpoint] = {}  # an event repeats addresses (return thunks, loop heads)
     get = seen.get
-    for index, branch in entries:
-        a, b = branch[0], branch[1]
+    for index, (a, b, _flags) in entries:
         src = get(a)
         if src is None:
             src = seen[a] = endpoint(a)
         dst = get(b)
         if dst is None:
             dst = seen[b] = endpoint(b)
-        func = src.func
-        if not block or func is None or func != prev_func:
+        func = src[0]
+        if func is None or func != prev_func or not block:
             block = [mk(row_t, (index, True, src, dst))]
             blocks.append(block)
         else:
             block.append(mk(row_t, (index, False, src, dst)))
-        prev_func = dst.func
+        prev_func = dst[0]
     return blocks
 
 
@@ -206,13 +207,11 @@ def render_blocks(blocks: Sequence[Sequence[LbrRow]], width: int = 2,
     append = lines.append
     blank_tag = indent + " " * len(f"[#{0:0{width}d}] ")
     for block in blocks:
-        # one pass to unpack the rows (attribute reads are most of this function's cost)
-        rows = [(index, first, src.where, src.paren, dst.where, dst.paren)
-                for index, first, src, dst in block]
-        w_src = max([len(r[2]) for r in rows])
-        w_src_file = max([len(r[3]) for r in rows])
-        w_dst = max([len(r[4]) for r in rows])
-        for index, first, src, src_file, dst, dst_file in rows:
+        # rows and endpoints are tuples: row[2] is src, row[3] dst; [1] where, [3] paren
+        w_src = max([len(r[2][1]) for r in block])
+        w_src_file = max([len(r[2][3]) for r in block])
+        w_dst = max([len(r[3][1]) for r in block])
+        for index, first, (_, src, _, src_file), (_, dst, _, dst_file) in block:
             tag = f"{indent}[#{index:0{width}d}] " if first else blank_tag
             src = src.ljust(w_src)
             if dst_file:  # pad only before a file column: no trailing blanks inside colour

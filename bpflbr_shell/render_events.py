@@ -93,7 +93,7 @@ def _endpoint(loc: Location) -> Endpoint:
     source = ""
     if loc.file and loc.line:
         source = f"{short(loc.file)}:{loc.line}"
-    return Endpoint(loc.func, where, source)
+    return Endpoint.of(loc.func, where, source)
 
 
 _ENDPOINTS: dict[int, tuple[Location, Endpoint]] = {}
@@ -113,6 +113,29 @@ def endpoint_of(loc: Location) -> Endpoint:
     return ep
 
 
+class EndpointMap(dict):
+    """address -> :class:`Endpoint` for rendering LBR rows. Kernel addresses are remembered
+    across events (a trace sees the same few hundred code addresses in event after event, and a
+    hit is then one C-level dict probe); user addresses depend on the process and are resolved
+    for the current ``event`` only. Whoever keeps one across events must ``clear()`` it when
+    the kernel symbolizer behind ``symbolize`` drops its Locations (``Symbolizer.generation``).
+    """
+
+    __slots__ = ("symbolize", "event")
+
+    def __init__(self, symbolize: Symbolize, event: Event | None = None) -> None:
+        super().__init__()
+        self.symbolize, self.event = symbolize, event
+
+    def __missing__(self, addr: int) -> Endpoint:
+        ep = endpoint_of(self.symbolize(self.event, addr))
+        if addr >= lbrmod.USER_SPACE_END:
+            if len(self) >= _ENDPOINTS_LIMIT:
+                self.clear()
+            self[addr] = ep
+        return ep
+
+
 def short(path: str) -> str:
     """A file name for an LBR row, spelled as the seed and the disassembly spell it: relative
     paths (kernel ``arch/x86/kernel/rethook.c``, ``examples/lbrdemo.bpf.c``) stay whole, absolute
@@ -123,7 +146,11 @@ def short(path: str) -> str:
 
 
 def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
-                 params: Signature | Sequence[str] | None = None) -> str:
+                 params: Signature | Sequence[str] | None = None,
+                 endpoints: EndpointMap | None = None) -> str:
+    """The event as text. ``endpoints``, kept by the caller across events of one symbolizer,
+    saves resolving the same kernel addresses event after event; without it they are
+    resolved once per event."""
     c = opts.color
     head = (f"{paint(f'#{event.id}', YELLOW, c)} {event.probe}  "
             f"pid {event.pid}/{event.tid} {event.comm}  cpu {event.cpu}  {format_ts(event.ts_ns)}")
@@ -132,14 +159,11 @@ def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
                 if event.duration_ns is not None else "")]
     if event.lbr:
         result = lbrmod.trim(event.lbr, opts.tracer_ranges, opts.keep_ranges, opts.lbr_trim)
-        cache = _ENDPOINTS
-
-        def endpoint(addr: int) -> Endpoint:  # endpoint_of(symbolize(...)), one call fewer
-            loc = symbolize(event, addr)
-            hit = cache.get(id(loc))
-            return hit[1] if hit is not None and hit[0] is loc else endpoint_of(loc)
-
-        blocks = lbrmod.group(result.entries, endpoint)
+        if endpoints is None:
+            endpoints = EndpointMap(symbolize, event)
+        else:
+            endpoints.symbolize, endpoints.event = symbolize, event
+        blocks = lbrmod.group(result.entries, endpoints.__getitem__)
         notice = result.notice()
         if notice:
             lines.append("   " + paint(f"LBR: {notice}", DIM, c))

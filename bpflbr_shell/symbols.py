@@ -82,6 +82,7 @@ class Symbolizer:
         self._ends = array("Q")  # matching end addresses (exclusive)
         self._ranges: list[_BpfRange] = []
         self._cache: dict[int, Location] = {}
+        self.generation = 0  # bumped whenever cached Locations are dropped (see _forget)
         for p in progs:
             self.add_prog(p)
 
@@ -95,7 +96,7 @@ class Symbolizer:
     @line_resolver.setter
     def line_resolver(self, fn: LineResolver | None) -> None:
         self._line_resolver = fn
-        self._cache.clear()
+        self._forget()
 
     def add_prog(self, prog: ProgInfo) -> None:
         """Register a program's JIT ranges. A range overlapping an older one replaces it: the
@@ -114,13 +115,13 @@ class Symbolizer:
             keep.append(rng)
             keep.sort(key=lambda r: r.sub.addr)
             self._set_ranges(keep)
-        self._cache.clear()
+        self._forget()
 
     def remove_prog(self, prog_id: int) -> None:
         """Forget a program (unloaded); its addresses fall back to kallsyms."""
         if any(r.prog.id == prog_id for r in self._ranges):
             self._set_ranges([r for r in self._ranges if r.prog.id != prog_id])
-            self._cache.clear()
+            self._forget()
 
     def _set_ranges(self, ranges: list[_BpfRange]) -> None:
         self._ranges = ranges
@@ -134,6 +135,12 @@ class Symbolizer:
         for r in self._ranges:
             seen.setdefault(r.prog.id, r.prog)
         return list(seen.values())
+
+    def _forget(self) -> None:
+        """Drop every cached Location. Callers that keep values derived from them per address
+        (rendered LBR endpoints) watch ``generation`` to know when to drop theirs."""
+        self._cache.clear()
+        self.generation += 1
 
     # ---- lookups ------------------------------------------------------------------------
 
@@ -161,7 +168,7 @@ class Symbolizer:
     def _resolve(self, addr: int) -> Location:
         loc = self._resolve_bpf(addr) or self._resolve_kallsyms(addr) or Location(addr)
         if len(self._cache) >= self.CACHE_LIMIT:
-            self._cache.clear()
+            self._forget()
         self._cache[addr] = loc
         return loc
 

@@ -55,9 +55,10 @@ from bpflbr_shell.events import decode_record as decode_record_fast
 from bpflbr_shell.kernel.kallsyms import KallsymsIndex
 from bpflbr_shell.kernel.model import ProgInfo, RawProgInfo, SubProg
 from bpflbr_shell.kernel.progs import decode_prog_info
-from bpflbr_shell.lbr import AddrRange, group, render_blocks, trim
+from bpflbr_shell.lbr import USER_SPACE_END, AddrRange, group, render_blocks, trim
 from bpflbr_shell.probes.ranges import kernel_tracer_ranges
 from bpflbr_shell.render_events import (
+    EndpointMap,
     RenderOptions,
     _endpoint,
     event_json,
@@ -706,6 +707,53 @@ def test_fast_json_text_is_json_dumps(fx: Scenario, sort_keys: bool):
     for params in (None, ["x", "y"]):
         want = json.dumps(event_to_json(ev, fx.symbolize, fx.opts(), params), sort_keys=sort_keys)
         assert event_json(ev, fx.symbolize, fx.opts(), params, sort_keys=sort_keys) == want
+
+
+@needs_fixtures
+def test_endpoint_map_kept_across_events_renders_what_a_fresh_one_does(fx: Scenario):
+    """The shell keeps one EndpointMap across events (kernel addresses resolved once per trace,
+    not once per event): every snapshot here renders exactly as with a fresh map, user addresses
+    are never remembered (they depend on the process), and a symbolizer that drops its
+    Locations (a program unloaded) makes cmd_trace hand out a fresh map."""
+    import random
+    from types import SimpleNamespace
+
+    from bpflbr_shell.events import Branch
+    from bpflbr_shell.shell.cmd_trace import Runtime, endpoint_map
+
+    rng = random.Random(7)
+    jccs = sorted(ProgWalker(fx.traced, fx.kallsyms).jcc_ordinal.values())
+    walks = [ProgWalker(fx.traced, fx.kallsyms, frozenset(j for j in jccs if rng.random() < 0.3))
+             .walk() + fx.tail for _ in range(8)]
+    tracer_run = ProgWalker(fx.tracer, fx.kallsyms).walk() + fx.tail
+    events = [fx.event(recs) for recs in (None, tracer_run, *walks)]
+    user = fx.event()  # one branch from user space into the kernel: never remembered
+    user.lbr = [Branch(0x401136, user.lbr[0].src), *user.lbr[1:]]
+    events.append(user)
+    kept = EndpointMap(fx.symbolize)
+    for opts in (fx.opts(), fx.opts(keep_ranges=fx.keep_ranges), fx.opts(lbr_trim=False)):
+        for ev in events:
+            assert body(render_event(ev, fx.symbolize, opts, None, kept)) == \
+                body(render_event(ev, fx.symbolize, opts))
+    assert kept and all(a >= USER_SPACE_END for a in kept)
+    assert "0x401136" in render_event(user, fx.symbolize, fx.opts(lbr_trim=False), None, kept)
+    assert 0x401136 not in kept
+
+    sym = Symbolizer(fx.kallsyms, fx.progs)
+    ctx, rt = SimpleNamespace(kernel=SimpleNamespace(symbolizer=sym)), Runtime()
+    symbolize = lambda ev, a: sym.symbolize(a)  # noqa: E731
+    first = endpoint_map(ctx, rt, symbolize)
+    assert endpoint_map(ctx, rt, symbolize) is first
+    before = render_event(events[0], symbolize, fx.opts(), None, first)
+    assert fx.traced.subprogs[0].ksym in before
+    gen = sym.generation
+    sym.remove_prog(fx.traced.id)  # its JIT addresses fall back to kallsyms' [bpf] guesses
+    assert sym.generation > gen
+    fresh = endpoint_map(ctx, rt, symbolize)
+    assert fresh is not first and not fresh
+    after = render_event(events[0], symbolize, fx.opts(), None, fresh)
+    assert body(after) == body(render_event(events[0], symbolize, fx.opts()))
+    assert lbr_lines(after) != lbr_lines(before)  # the stale map would have kept the old rows
 
 
 def test_file_names_keep_the_seed_spelling():

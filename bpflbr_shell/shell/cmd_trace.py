@@ -19,7 +19,13 @@ from bpflbr_shell.errors import UsageError
 from bpflbr_shell.events import Event
 from bpflbr_shell.lbr import USER_SPACE_END
 from bpflbr_shell.render import table
-from bpflbr_shell.render_events import RenderOptions, event_json, event_to_json, render_event
+from bpflbr_shell.render_events import (
+    EndpointMap,
+    RenderOptions,
+    event_json,
+    event_to_json,
+    render_event,
+)
 from bpflbr_shell.session import Session, Trace, install_cleanup
 from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
 from bpflbr_shell.shell.context import Context, parse_bool, register_setting
@@ -44,6 +50,9 @@ class Runtime:
     lbr_notice_given: bool = False
     stats_fd: int | None = None
     params: dict[tuple[int, str], Signature | None] = field(default_factory=dict)
+    # rendered LBR endpoints of kernel addresses, valid for one kernel symbolizer generation
+    endpoints: EndpointMap | None = None
+    endpoints_of: tuple[Any, int] | None = None
 
     def close_stats(self) -> None:
         if self.stats_fd is not None and not any(t.running for t in self.session.traces.values()):
@@ -89,6 +98,20 @@ def symbolizer_for(ctx: Context, rt: Runtime) -> Any:
     return symbolize
 
 
+def endpoint_map(ctx: Context, rt: Runtime, symbolize: Any) -> EndpointMap | None:
+    """The shell's persistent :class:`EndpointMap`, emptied whenever the kernel symbolizer
+    changes or drops its Locations (programs loaded or unloaded)."""
+    try:
+        ksym = ctx.kernel.symbolizer
+    except Exception:
+        return None  # render_event resolves per event; the symbolize closure says why
+    if rt.endpoints is None or rt.endpoints_of is None or rt.endpoints_of[0] is not ksym \
+            or rt.endpoints_of[1] != ksym.generation:
+        rt.endpoints = EndpointMap(symbolize)
+        rt.endpoints_of = (ksym, ksym.generation)
+    return rt.endpoints
+
+
 def render_options(ctx: Context, trace_opts: dict[str, Any] | None = None) -> RenderOptions:
     opts = trace_opts or {}
     return RenderOptions(color=ctx.use_color(), lbr_trim=ctx.settings["lbr-trim"],
@@ -122,7 +145,8 @@ def print_event(ctx: Context, rt: Runtime, event: Event, as_json: bool,
     if as_json:
         ctx.print(event_json(event, symbolize, opts, params))
     else:
-        ctx.print(render_event(event, symbolize, opts, params))
+        ctx.print(render_event(event, symbolize, opts, params,
+                               endpoint_map(ctx, rt, symbolize) if event.lbr else None))
 
 
 def _enable_stats(rt: Runtime) -> None:
