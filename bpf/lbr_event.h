@@ -16,14 +16,15 @@
 #ifndef CAPTURE_KSTACK
 #define CAPTURE_KSTACK 1
 #endif
-/* Events are submitted without waking the reader (it drains the ring every 100 ms anyway);
- * every WAKEUP_EVERY-th event on a CPU forces a wakeup, so a busy target does not pay an
- * irq_work per event and a burst still reaches the reader before the ring fills. */
-#ifndef WAKEUP_EVERY
-#define WAKEUP_EVERY 32
+/* Events go into one single-producer ring per CPU, in an mmap-able array map the reader maps
+ * (struct cpu_ring below): a slot is claimed, filled and published with plain loads and stores,
+ * no helper call and no lock. The reader polls (there is no wakeup to pay for per event).
+ * RING_SLOTS (a power of two) and NR_RINGS (possible CPUs) come from the tool. */
+#ifndef RING_SLOTS
+#define RING_SLOTS 1024
 #endif
-#ifndef RINGBUF_PAGES
-#define RINGBUF_PAGES 64
+#ifndef NR_RINGS
+#define NR_RINGS 1
 #endif
 #ifndef STACK_SLOTS
 #define STACK_SLOTS 4096
@@ -49,14 +50,14 @@
 #define STAT_HITS 0
 #define STAT_DROPS 1
 #define STAT_FILTERED 2
-#define STAT_LBR_ERRORS 3
-#define STAT_MISSED_ENTRY 4
-#define STAT_SUBMITTED 5
-#define STAT_MAX 6
+#define STAT_MISSED_ENTRY 3
+#define STAT_MAX 4  /* events published: the rings' prod counters; LBR errors: the reader */
+
+#define NO_DURATION 0xffffffffffffffffULL
 
 struct lbr_event {
     u64 ts_ns;          /* bpf_ktime_get_ns() at the probe */
-    u64 duration_ns;    /* exit events: time since the paired entry */
+    u64 duration_ns;    /* exit events: time since the paired entry; NO_DURATION unpaired */
     u64 func_ip;        /* address of the traced function */
     u64 args[MAX_ARGS];
     u64 retval;
@@ -72,14 +73,28 @@ struct lbr_event {
     struct perf_branch_entry lbr[LBR_ENTRIES]; /* LBR_ENTRIES is 0 when LBR is off */
 };
 
-struct lbr_buf {
-    struct perf_branch_entry entries[LBR_ENTRIES > 0 ? LBR_ENTRIES : 1];
+/* One CPU's ring. Slots [cons, prod) hold published events. The probe owns prod and busy;
+ * the reader owns cons. A probe that finds the ring full, or busy (a probe of ours interrupted
+ * on this CPU between claim and publish), counts a drop. The header is 64 bytes so slots stay
+ * 8-byte aligned; bpflbr_shell/probes/cpuring.py mirrors this layout. */
+struct cpu_ring {
+    u64 prod;
+    u64 cons;
+    u64 busy;
+    u64 pad[5];
+    struct lbr_event slot[RING_SLOTS];
 };
 
-struct probe_config {
-    u32 tgid;           /* 0: any process */
-    u32 exclude_tgid;   /* the tracer itself: its own syscalls would feed back into the trace */
+/* What the map is declared with: the same bytes, opaque to BCC, whose generated reader and
+ * writer code for a map value grows with every field of every slot (minutes to compile). Its
+ * type description wants a literal size: RING_BYTES, from the tool, checked here. */
+#ifndef RING_BYTES
+#define RING_BYTES (64 + RING_SLOTS * (128 + LBR_ENTRIES * 24))
+#endif
+struct cpu_ring_bytes {
+    char bytes[RING_BYTES];
 };
+_Static_assert(sizeof(struct cpu_ring) == RING_BYTES, "RING_BYTES != sizeof(struct cpu_ring)");
 
 struct entry_state {
     u64 ts_ns;

@@ -17,6 +17,7 @@ from typing import NamedTuple
 LBR_ENTRIES = 32
 MAX_ARGS = 6
 EV_ENTRY, EV_EXIT = 1, 2
+NO_DURATION = (1 << 64) - 1  # an exit not paired with its entry (bpf/lbr_event.h)
 
 # perf_branch_entry.type (enum perf_branch_sample_type_shift order in uapi perf_event.h)
 BRANCH_TYPES = ("unknown", "cond", "uncond", "ind", "call", "ind_call", "ret", "syscall",
@@ -138,7 +139,7 @@ def decode_record(buf: memoryview | bytes, probe: str, nargs: int = MAX_ARGS
     event = Event(probe, "exit" if is_exit else "entry", ts, pid, tid, cpu,
                   comm.split(b"\0", 1)[0].decode("utf-8", "replace"), func_ip,
                   [a0, a1, a2, a3, a4, a5][:nargs], retval if is_exit else None,
-                  dur if is_exit else None, lbr_ret, lbr)
+                  dur if is_exit and dur != NO_DURATION else None, lbr_ret, lbr)
     return event, kstack, ustack
 
 
@@ -167,7 +168,7 @@ def decode(data: bytes | int, size: int | None, probe: str, nargs: int = MAX_ARG
         func_ip=raw.func_ip,
         args=list(raw.args[:nargs]),
         retval=raw.retval if is_exit else None,
-        duration_ns=raw.duration_ns if is_exit else None,
+        duration_ns=raw.duration_ns if is_exit and raw.duration_ns != NO_DURATION else None,
         lbr_ret=raw.lbr_ret,
         lbr=lbr,
     )

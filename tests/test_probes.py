@@ -4,14 +4,17 @@ itself: every probe that emits an event takes the LBR snapshot as its very first
 
 from __future__ import annotations
 
+import ctypes
 import struct
 
 import pytest
 
 from bpflbr_shell.events import raw_event_type
-from bpflbr_shell.probes.base import CaptureOptions, stack_knobs, wakeup_every
+from bpflbr_shell.probes.base import CaptureOptions, stack_knobs
+from bpflbr_shell.probes.cpuring import slots_for
 
 BPF_FUNC_map_lookup_elem = 1
+BPF_FUNC_get_smp_processor_id = 8
 BPF_FUNC_get_branch_snapshot = 176
 CALL = 0x85  # BPF_JMP | BPF_CALL
 CALLX = 0x8D  # an indirect call: what BCC emits for a map method it failed to rewrite
@@ -25,22 +28,68 @@ def test_stacks_are_the_lbr_fallback() -> None:
     assert stack_knobs(asked, lbr_on=True) == {"CAPTURE_USTACK": 1, "CAPTURE_KSTACK": 0}
 
 
-def test_wakeups_scale_with_the_ring_and_the_record() -> None:
-    small, big = raw_event_type(0), raw_event_type(32)
-    assert wakeup_every(1024, small) > wakeup_every(1024, big) >= 1
-    assert wakeup_every(2048, big) == pytest.approx(2 * wakeup_every(1024, big), abs=1)
-    assert wakeup_every(1, big) == 1  # a tiny ring wakes the reader on every event
+def test_ring_slots_share_the_budget_in_powers_of_two() -> None:
+    small, big = ctypes.sizeof(raw_event_type(0)), ctypes.sizeof(raw_event_type(32))
+    assert slots_for(4 << 20, 2, small) == 16384  # 2 MiB a CPU of 128-byte records
+    assert slots_for(4 << 20, 2, big) == 2048  # 896-byte records: 1.75 MiB of 2 MiB
+    assert slots_for(4 << 20, 64, big) == 64  # many CPUs share the same memory
+    assert slots_for(4096, 2, small) == 16  # one page: the minimum
+    assert slots_for(1 << 40, 1, big) * big <= 4 << 20  # one map value stays under 4 MiB
+    for n in (slots_for(p << 12, c, r) for p in (1, 7, 1024) for c in (1, 3, 8)
+              for r in (small, big)):
+        assert n & (n - 1) == 0
 
 
 def helper_calls(insns: bytes) -> list[int]:
     """Helper ids of the BPF_CALL instructions, in program order (8-byte instructions)."""
+    return [imm for _pc, imm in helper_call_sites(insns)]
+
+
+def helper_call_sites(insns: bytes) -> list[tuple[int, int]]:
+    """(instruction index, helper id) of every helper call."""
     calls = []
-    for off in range(0, len(insns), 8):
-        code, regs, _off, imm = struct.unpack_from("<BBhi", insns, off)
+    for pc in range(len(insns) // 8):
+        code, regs, _off, imm = struct.unpack_from("<BBhi", insns, pc * 8)
         assert code != CALLX, "indirect call: a map method BCC did not rewrite"
         if code == CALL and not regs & 0xF0:  # src_reg 0: a helper, not a bpf-to-bpf call
-            calls.append(imm)
+            calls.append((pc, imm))
     return calls
+
+
+def successors(insns: bytes, pc: int) -> list[int]:
+    """Where control can go after instruction ``pc`` (jumps, fall-through, exit)."""
+    code, _regs, off, _imm = struct.unpack_from("<BBhi", insns, pc * 8)
+    if code == 0x18:  # ld_imm64 spans two slots
+        return [pc + 2]
+    if code & 0x07 in (0x05, 0x06):  # BPF_JMP, BPF_JMP32
+        op = code & 0xF0
+        if op == 0x90:  # exit
+            return []
+        if op == 0x80:  # call
+            return [pc + 1]
+        if op == 0x00:  # ja
+            return [pc + 1 + off]
+        return [pc + 1, pc + 1 + off]
+    return [pc + 1]
+
+
+def calls_that_can_precede(insns: bytes, helper: int) -> list[int]:
+    """Helper ids of the calls from which some path of the program's control flow reaches a
+    call of ``helper``: the helpers that may run before it in some execution."""
+    sites = helper_call_sites(insns)
+    targets = {pc for pc, imm in sites if imm == helper}
+    before = []
+    for pc, imm in sites:
+        seen, todo = set(), successors(insns, pc)
+        while todo:
+            nxt = todo.pop()
+            if nxt in seen or nxt * 8 >= len(insns):
+                continue
+            seen.add(nxt)
+            todo.extend(successors(insns, nxt))
+        if seen & targets:
+            before.append(imm)
+    return before
 
 
 @pytest.mark.live
@@ -52,8 +101,9 @@ def helper_calls(insns: bytes) -> list[int]:
 @pytest.mark.parametrize("emit_entry", [0, 1])
 def test_snapshot_is_the_first_helper_call(require_root, require_bcc, source: str,
                                            functions: dict[str, bool], emit_entry: int) -> None:
-    """Compiled for real by BCC: the only thing before bpf_get_branch_snapshot() is the per-CPU
-    scratch lookup, which the verifier inlines on >= 6.10 (no branch spent)."""
+    """Compiled for real by BCC: before bpf_get_branch_snapshot() come only the CPU id and the
+    lookup of that CPU's event ring (the slot the snapshot is written into), both of which the
+    verifier inlines on >= 6.10: no helper runs before the snapshot there."""
     from bpflbr_shell.probes.bccprog import compile_program
 
     b = compile_program(source, {"CAPTURE_LBR": 1, "LBR_ENTRIES": 32, "EMIT_ENTRY": emit_entry,
@@ -65,7 +115,12 @@ def test_snapshot_is_the_first_helper_call(require_root, require_bcc, source: st
                 # an entry that only stashes for its exit takes no snapshot at all
                 assert BPF_FUNC_get_branch_snapshot not in calls, fn
                 continue
-            assert calls[:2] == [BPF_FUNC_map_lookup_elem, BPF_FUNC_get_branch_snapshot], fn
+            assert calls.count(BPF_FUNC_get_branch_snapshot) == 1, fn
+            # every path to the snapshot: the CPU id and the ring lookup, nothing else (a drop
+            # path may be laid out before it, but cannot reach it)
+            insns = b.dump_func(fn.encode())
+            assert sorted(calls_that_can_precede(insns, BPF_FUNC_get_branch_snapshot)) == \
+                sorted([BPF_FUNC_get_smp_processor_id, BPF_FUNC_map_lookup_elem]), fn
     finally:
         b.cleanup()
 

@@ -1045,9 +1045,9 @@ def test_exception_in_background_trace_detaches(shell: InProcShell, targets,
 
 def test_failing_reader_close_still_detaches(shell: InProcShell, targets, target_bin: Path,
                                              monkeypatch: pytest.MonkeyPatch) -> None:
-    """An exception while the tracer closes its ring-buffer reader is reported, and the
+    """An exception while the tracer closes its event-ring reader is reported, and the
     probes come off anyway."""
-    from bpflbr_shell.probes.ringbuf import RingBufReader
+    from bpflbr_shell.probes.cpuring import CpuRings
 
     t = targets()
     watch = ((t, "add"),)
@@ -1055,13 +1055,13 @@ def test_failing_reader_close_still_detaches(shell: InProcShell, targets, target
     before = snapshot((t.pid,), watch)
     start_trace(shell, f"trace uretprobe {target_bin}:add --bg --quiet --no-lbr")
     ours = ours_during(snapshot((t.pid,), watch), target_bin, (os.getpid(),))
-    real_close = RingBufReader.close
+    real_close = CpuRings.close
 
-    def failing_close(self: RingBufReader) -> None:
+    def failing_close(self: CpuRings) -> None:
         real_close(self)
         raise OSError("injected close failure")
 
-    monkeypatch.setattr(RingBufReader, "close", failing_close)
+    monkeypatch.setattr(CpuRings, "close", failing_close)
     ok, _, err = shell.run("trace stop 1")
     assert not ok
     assert len(err.splitlines()) == 1 and "injected close failure" in err, err
@@ -1127,8 +1127,9 @@ def test_batch_exits_nonzero_on_first_error(target_bin: Path) -> None:
 
 def test_drops_counted_exactly_with_a_tiny_ring_buffer(require_root: None, require_bcc: None,
                                                        targets, target_bin: Path) -> None:
-    """One-page ring buffer, nobody reading while the target makes 20000 calls: the buffer
-    overflows for sure, and every hit is either delivered or counted as a drop."""
+    """One page of event rings (16 slots a CPU), nobody reading while the target makes 20000
+    calls: the rings overflow for sure, and every hit is either delivered or counted as a
+    drop."""
     from bpflbr_shell.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
 
     calls = 20000
@@ -1152,9 +1153,17 @@ def test_drops_counted_exactly_with_a_tiny_ring_buffer(require_root: None, requi
         c = tracer.counters()
         assert len(got) + c["drops"] == c["hits"] == calls, (len(got), c)
         assert c["submitted"] == len(got)  # the kernel's count of what it handed over
-        assert 0 < len(got) <= 4096 // 64  # a page holds only a few records
-        # the delivered ones are the first calls, in order (the ring filled, then dropped)
-        assert [e.args[0] for e in got] == list(range(len(got)))
+        rings = tracer.reader
+        assert rings.slots == 16 and 0 < len(got) <= rings.slots * rings.nrings
+        # what each CPU kept are the first calls it saw (its ring filled, then dropped), and
+        # the reader hands them over in call order, whichever CPUs the target ran on
+        args = [e.args[0] for e in got]
+        assert args == sorted(set(args)) and args[0] == 0
+        by_cpu: dict[int, list[int]] = {}
+        for e in got:
+            by_cpu.setdefault(e.cpu, []).append(e.args[0])
+        assert all(0 < len(a) <= rings.slots for a in by_cpu.values()), by_cpu
+        assert max(len(a) for a in by_cpu.values()) == rings.slots, by_cpu  # one filled up
     finally:
         tracer.close()
 

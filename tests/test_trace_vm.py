@@ -149,8 +149,11 @@ def run_packets(prog_id: int, *sizes: int) -> list[int]:
 def test_fexit_retval_matches_test_run(shell: Shell, socket_filter: tuple[int, int]) -> None:
     _, prog_id = socket_filter
     links_before = set(bpftool_ids("link"))
+    progs_before = set(bpftool_ids("prog"))
     out = shell.run(f"trace prog {prog_id} --exit --bg --quiet --no-lbr")
     assert f"fexit on 1 BPF function(s): len_filter (prog {prog_id})" in out
+    ours_loaded = [v["name"] for k, v in bpftool_ids("prog").items() if k not in progs_before]
+    assert ours_loaded == ["bpflbr_fexit"]  # --exit alone: one program, no pairing fentry
     expected = run_packets(prog_id, 14, 40, 100)
     time.sleep(0.3)
     shell.run("trace stop")
@@ -160,6 +163,7 @@ def test_fexit_retval_matches_test_run(shell: Shell, socket_filter: tuple[int, i
     for e in ours:
         assert e["kind"] == "exit" and e["func"].endswith("_len_filter")
         assert set(e["args"]) == {"skb"} and e["args"]["skb"] != 0  # name from BTF
+        assert e["duration_ns"] is None  # durations need the entry: --both
     # nothing of ours is left attached
     assert set(bpftool_ids("link")) == links_before
 
@@ -260,7 +264,10 @@ def test_kfunc_backends_exit_retval(shell: Shell, reader: Reader, backend: str) 
     # the function's own return value: the bytes each read() returned, in order, and -EBADF
     # for the failing one (ssize_t from vmlinux BTF: a signed 64-bit value)
     assert [e["retval"] for e in events] == [3, 11, -errno.EBADF, 7], backend
-    assert all(e["duration_ns"] > 0 for e in events)
+    if backend == "fentry":  # fexit sees args and retval itself: no entry, no duration
+        assert all(e["duration_ns"] is None for e in events)
+    else:  # a kretprobe's args come from its paired entry, and so does the duration
+        assert all(e["duration_ns"] > 0 for e in events)
     assert all(e["pid"] == reader.pid for e in events)
     # argument names and types from the kernel's BTF prototype
     assert all(set(e["args"]) == {"fd", "buf", "count"} for e in events), events[0]

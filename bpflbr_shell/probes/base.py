@@ -17,10 +17,10 @@ from ..errors import UserError
 from ..events import LBR_ENTRIES, Event, decode_record, raw_event_type
 from ..lbr import AddrRange
 from . import bccprog
-from .ringbuf import RingBufReader
+from .cpuring import CpuRings, ring_bytes, slots_for
 
 STACK_CACHE = 4096
-STATS = ("hits", "drops", "filtered", "lbr_errors", "missed_entry", "submitted")
+STATS = ("hits", "drops", "filtered", "missed_entry")  # bpf/lbr_event.h STAT_*
 
 
 @dataclass(slots=True)
@@ -35,17 +35,17 @@ class CaptureOptions:
     # (--stack/--kstack): the kernel stack walk is most of a probe's in-kernel cost
     stacks_with_lbr: bool = False
     pid: int = -1
-    ringbuf_pages: int = 1024  # 4 MiB: ~100 ms of a busy target at the 100 ms drain period
+    ringbuf_pages: int = 1024  # 4 MiB of event rings, shared among the CPUs
     extra: dict[str, int] = field(default_factory=dict)
 
 
-def wakeup_every(ringbuf_pages: int, raw_type: type[ctypes.Structure]) -> int:
-    """Events per CPU between forced wakeups: a reader woken when each CPU has filled about an
-    eighth of the ring drains it long before it overflows, and a busy target pays one wakeup
-    (an IPI, costly in a VM) per hundreds of events instead of one per event."""
-    record = ctypes.sizeof(raw_type) + 8  # ring-buffer record header
-    cpus = os.cpu_count() or 1
-    return max(1, ringbuf_pages * 4096 // record // (8 * cpus))
+def possible_cpus() -> int:
+    """How many CPU ids the kernel may use (one event ring each): /sys's ``possible`` range."""
+    try:
+        text = open("/sys/devices/system/cpu/possible").read().strip()
+        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
 
 
 def stack_knobs(capture: CaptureOptions, lbr_on: bool) -> dict[str, int]:
@@ -68,11 +68,12 @@ class ProbeTracer:
         self.on_event = on_event
         self.label = label
         self.bpf: Any = None
-        self.reader: RingBufReader | None = None
+        self.reader: CpuRings | None = None
         self.lbr_fds: list[int] = []
         self.lbr_off_reason: str | None = None
         self.lbr_entries = 0
         self.bytes = 0
+        self.lbr_errors = 0  # delivered events whose snapshot failed (LBR on)
         self._stacks: dict[int, list[int]] = {}
         self._closed = False
 
@@ -97,24 +98,23 @@ class ProbeTracer:
                 capture_lbr = False
                 self.lbr_off_reason = str(exc)
         self.lbr_entries = LBR_ENTRIES if capture_lbr else 0
-        raw_type = raw_event_type(self.lbr_entries)
         knobs = {
             "CAPTURE_LBR": int(capture_lbr), "LBR_ENTRIES": self.lbr_entries,
             **stack_knobs(self.capture, capture_lbr),
-            "RINGBUF_PAGES": self.capture.ringbuf_pages,
-            "WAKEUP_EVERY": wakeup_every(self.capture.ringbuf_pages, raw_type),
+            # the pid filter, fixed per trace; never trace ourselves (our polling would feed
+            # the trace), unless asked to by pid
+            "FILTER_TGID": max(self.capture.pid, 0),
+            "EXCLUDE_TGID": 0 if self.capture.pid == os.getpid() else os.getpid(),
             **self.knobs(), **self.capture.extra,
         }
+        # the record's size follows the LBR_ENTRIES the program is really compiled with
+        record = ctypes.sizeof(raw_event_type(knobs["LBR_ENTRIES"]))
+        nrings = possible_cpus()
+        slots = slots_for(self.capture.ringbuf_pages * 4096, nrings, record)
+        knobs.update(NR_RINGS=nrings, RING_SLOTS=slots, RING_BYTES=ring_bytes(slots, record))
         self.bpf = bccprog.compile_program(self.source, knobs)
-        cfg = self.bpf["config"]
-        value = cfg.Leaf()
-        value.tgid = max(self.capture.pid, 0)
-        # never trace ourselves (our polling would feed the trace), unless asked to by pid
-        value.exclude_tgid = 0 if self.capture.pid == os.getpid() else os.getpid()
-        cfg[ctypes.c_int(0)] = value
         self.attach()
-        self.reader = RingBufReader(self.bpf["events"].map_fd,
-                                    self.capture.ringbuf_pages * 4096)
+        self.reader = CpuRings(self.bpf["rings"].map_fd, nrings, slots, record)
 
     def knobs(self) -> dict[str, int]:
         """Compile-time knobs of the subclass (integers chosen by the tool)."""
@@ -151,13 +151,13 @@ class ProbeTracer:
     def _handle(self, record: memoryview) -> None:
         event, kstack, ustack = decode_record(record, self.label)
         self.bytes += len(record)
+        if event.lbr_ret < 0 and self.lbr_entries:
+            self.lbr_errors += 1  # counted here: the probe's hot path stays short
         self.on_event(event, kstack, ustack)
 
     def poll(self, timeout_ms: int) -> None:
-        """Deliver ready events to ``on_event``; returns after ``timeout_ms`` at most.
-
-        Events are submitted without a wakeup most of the time (bpf/lbr_event.h:
-        WAKEUP_EVERY), so the ring is drained after every wait, signalled or not."""
+        """Deliver ready events to ``on_event``; returns after ``timeout_ms`` at most (sooner
+        when events are there: the rings are polled, there is no wakeup)."""
         if self.reader is not None and not self._closed:
             self.reader.wait(timeout_ms)
             self.reader.drain(self._handle)
@@ -184,7 +184,11 @@ class ProbeTracer:
         if self.bpf is None:
             return {}
         table = self.bpf["stats"]
-        return {name: int(table.sum(ctypes.c_int(i)).value) for i, name in enumerate(STATS)}
+        out = {name: int(table.sum(ctypes.c_int(i)).value) for i, name in enumerate(STATS)}
+        out["lbr_errors"] = self.lbr_errors
+        # what the probes published: the rings' own counters, exact and free to read
+        out["submitted"] = self.reader.published() if self.reader is not None else 0
+        return out
 
     def prog_fds(self) -> list[int]:
         """Our loaded programs (for bpf_stats and LBR trimming)."""

@@ -93,13 +93,20 @@ class TracingTracer(ProbeTracer):
         self._links: list[int] = []
         self._target_fds: dict[int, int] = {}  # prog id -> fd held while attaching
 
+    @property
+    def paired(self) -> bool:
+        """Exits pair with their entries (durations) only when entries are traced too: fexit
+        sees args and retval itself, and a second program per call (plus the stash) would
+        cost several times what the fexit alone does."""
+        return self.entry and self.exit
+
     def knobs(self) -> dict[str, int]:
         return {"NARGS": max(t.nargs for t in self.targets), "EMIT_ENTRY": int(self.entry),
-                "PAIR_EXIT": int(self.exit)}
+                "PAIR_EXIT": int(self.paired)}
 
     def attach(self) -> None:
         directions = []
-        if self.entry or self.exit:  # exits pair with a (possibly silent) entry: durations
+        if self.entry:
             directions.append(("on_fentry", libbpf.BPF_TRACE_FENTRY))
         if self.exit:
             directions.append(("on_fexit", libbpf.BPF_TRACE_FEXIT))

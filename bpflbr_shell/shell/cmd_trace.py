@@ -377,7 +377,8 @@ BACKENDS = ("auto", "multi", "fentry", "kprobe")
           help="kernel function names or globs, e.g. 'tcp_v4_*'")
 @argument("--backend", choices=BACKENDS, default="auto",
           help="auto: kprobe.multi, else fentry, else single kprobes")
-@argument("--exit", action="store_true", help="events on return (retval, duration)")
+@argument("--exit", action="store_true",
+          help="events on return (retval; duration except with the fentry backend)")
 @argument("--dry-run", action="store_true", help="list what would be attached, and how")
 @_common_trace_args
 def cmd_trace_kfunc(ctx: Context, args: argparse.Namespace) -> None:
