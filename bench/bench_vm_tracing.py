@@ -480,6 +480,135 @@ def bench_cost(opts: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# 3. the floor: what single pieces of an event cost on the same trampoline ----------------------
+FLOOR_C = r"""
+#include <uapi/linux/ptrace.h>
+#include <uapi/linux/perf_event.h>
+struct rec { u64 ts, ip, arg, ret, id; s64 lbr_ret; char comm[16];
+             struct perf_branch_entry lbr[32]; };
+struct ring { u64 prod, cons, busy, pad[5]; struct rec slot[64]; };
+BPF_ARRAY(scratch, struct rec, 1);
+BPF_ARRAY(rings, struct ring, 64);
+BPF_RINGBUF_OUTPUT(rb, 4096); /* 16 MiB: a whole measurement fits, nothing is dropped */
+
+static __always_inline struct rec *one(void) { int z = 0; return scratch.lookup(&z); }
+
+int f_ktime(u64 *ctx) { struct rec *r = one(); if (r) r->ts = bpf_ktime_get_ns(); return 0; }
+int f_comm(u64 *ctx) { struct rec *r = one(); if (r) bpf_get_current_comm(r->comm, 16); return 0; }
+int f_snapshot(u64 *ctx) {
+    struct rec *r = one();
+    if (r) r->lbr_ret = bpf_get_branch_snapshot(r->lbr, sizeof(r->lbr), 0);
+    return 0;
+}
+int f_args_ret(u64 *ctx) {
+    struct rec *r = one();
+    if (!r) return 0;
+    bpf_get_func_arg(ctx, 0, &r->arg);
+    bpf_get_func_ret(ctx, &r->ret);
+    r->ip = bpf_get_func_ip(ctx);
+    return 0;
+}
+int f_ringbuf(u64 *ctx) {
+    struct rec *e = rb.ringbuf_reserve(128);
+    if (!e) return 0;
+    e->ts = 1;
+    rb.ringbuf_submit(e, BPF_RB_NO_WAKEUP);
+    return 0;
+}
+/* the least an event can be: a ring slot claimed with stores, the snapshot into it, pid/tid,
+ * one arg, retval, function; then with a timestamp; then with comm too */
+static __always_inline int event(u64 *ctx, int with_ts, int with_comm) {
+    u32 cpu = bpf_get_smp_processor_id();
+    struct ring *q = rings.lookup(&cpu);
+    if (!q || q->busy) return 0;
+    q->busy = 1;
+    u64 p = q->prod;
+    struct rec *r = &q->slot[p & 63];
+    r->lbr_ret = bpf_get_branch_snapshot(r->lbr, sizeof(r->lbr), 0);
+    if (with_ts) r->ts = bpf_ktime_get_ns();
+    r->id = bpf_get_current_pid_tgid();
+    if (with_comm) bpf_get_current_comm(r->comm, 16);
+    bpf_get_func_arg(ctx, 0, &r->arg);
+    bpf_get_func_ret(ctx, &r->ret);
+    r->ip = bpf_get_func_ip(ctx);
+    q->prod = p + 1;
+    q->cons = p + 1; /* consumed at once: the bench reads nothing */
+    q->busy = 0;
+    return 0;
+}
+int f_event_min(u64 *ctx) { return event(ctx, 0, 0); }
+int f_event_ts(u64 *ctx) { return event(ctx, 1, 0); }
+int f_event_ts_comm(u64 *ctx) { return event(ctx, 1, 1); }
+"""
+FLOOR_LABELS = {
+    "ktime": "bpf_ktime_get_ns() alone",
+    "comm": "bpf_get_current_comm() alone",
+    "snapshot": "bpf_get_branch_snapshot() alone",
+    "args_ret": "func arg + retval + func ip",
+    "ringbuf": "BPF ring buffer reserve+submit",
+    "event_min": "least event: slot, snapshot, pid, arg, ret",
+    "event_ts": "  the same + timestamp",
+    "event_ts_comm": "  the same + timestamp + comm",
+}
+
+
+def bench_floor(opts: argparse.Namespace) -> dict[str, Any]:
+    """Each piece of an event as the only work of an fexit program on the same target,
+    against the empty fexit, interleaved: what the 1.5x goal leaves room for."""
+    from bcc import BPF
+
+    from bpflbr_shell.kernel import libbpf
+    from bpflbr_shell.kernel.progs import read_prog_info, read_raw_prog_info_fd
+    from bpflbr_shell.probes.bccprog import CapturedStderr
+    from bpflbr_shell.probes.tracing import prog_target
+
+    with CapturedStderr():
+        b = BPF(text=TARGET_C)
+        floor = BPF(text=FLOOR_C)
+    fn = b.load_func("len_filter", BPF.SOCKET_FILTER)
+    prog_id = read_raw_prog_info_fd(fn.fd, with_btf=False).id
+    target = prog_target(read_prog_info(prog_id), None)
+    target_fd = libbpf.prog_fd_by_id(prog_id)
+    insns = {"empty": EMPTY_INSNS}
+    insns.update({k: floor.dump_func(f"f_{k}".encode()) for k in FLOOR_LABELS})
+    packet, repeat = bytes(64), opts.repeat
+    floor["rb"].open_ring_buffer(_ignore)
+    ns: dict[str, list[float]] = {k: [] for k in ["untraced", *insns]}
+    try:
+        for r in range(opts.cost_rounds):
+            kinds = list(ns)
+            for kind in kinds[r % len(kinds):] + kinds[:r % len(kinds)]:
+                fds: list[int] = []
+                try:
+                    if kind != "untraced":
+                        fd = libbpf.prog_load(libbpf.BPF_PROG_TYPE_TRACING, f"floor_{kind}"[:15],
+                                              insns[kind],
+                                              expected_attach_type=libbpf.BPF_TRACE_FEXIT,
+                                              attach_btf_id=target.btf_id,
+                                              attach_prog_fd=target_fd)
+                        fds.append(fd)
+                        fds.append(libbpf.link_create(fd, 0, libbpf.BPF_TRACE_FEXIT))
+                    test_run(fn.fd, packet, min(500, repeat))
+                    ns[kind].append(test_run(fn.fd, packet, repeat)[1])
+                finally:
+                    for fd in reversed(fds):
+                        os.close(fd)
+                if kind == "ringbuf":  # it really submits: empty the ring for the next round
+                    floor.ring_buffer_consume()
+            progress(f"floor round {r + 1}/{opts.cost_rounds}")
+    finally:
+        os.close(target_fd)
+        floor.cleanup()
+        b.cleanup()
+    kernel = {k: med(v) for k, v in ns.items()}
+    empty_added = kernel["empty"] - kernel["untraced"]
+    extra = {k: kernel[k] - kernel["empty"] for k in FLOOR_LABELS}
+    return {"kernel_ns_per_run": kernel, "empty_added_ns": empty_added,
+            "extra_over_empty_ns": extra,
+            "ratio_vs_empty": {k: (empty_added + v) / empty_added for k, v in extra.items()},
+            "goal_ratio": GOAL_COST_RATIO, "rounds": opts.cost_rounds, "repeat": repeat}
+
+
 # output ---------------------------------------------------------------------------------------
 QUIET = False
 
@@ -578,6 +707,16 @@ def print_cost(c: dict[str, Any]) -> None:
           f"(+{f['added_ns']:.0f} ns), {f['dropped']} of {f['runs']} events dropped")
 
 
+def print_floor(f: dict[str, Any]) -> None:
+    print(f"3. the floor: one piece of an event as the whole fexit program, same target, "
+          f"median of {f['rounds']} interleaved rounds; the empty fexit adds "
+          f"{f['empty_added_ns']:.0f} ns, so the {f['goal_ratio']}x goal leaves "
+          f"{(f['goal_ratio'] - 1) * f['empty_added_ns']:.0f} ns for everything we do")
+    for key, label in FLOOR_LABELS.items():
+        print(f"   {label:<44} +{f['extra_over_empty_ns'][key]:5.0f} ns over the empty one"
+              f"  -> {f['ratio_vs_empty'][key]:.2f}x")
+
+
 def main() -> int:
     global QUIET
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -591,7 +730,7 @@ def main() -> int:
                     help="most functions BCC attaches one by one in the 'all' case")
     ap.add_argument("--bcc-all-rounds", type=int, default=1,
                     help="rounds of BCC in the 'all' case (minutes each under TCG)")
-    ap.add_argument("--only", choices=("attach", "cost"))
+    ap.add_argument("--only", choices=("attach", "cost", "floor"))
     ap.add_argument("--json", action="store_true")
     opts = ap.parse_args()
     opts.glob = opts.glob or list(DEFAULT_GLOBS)
@@ -608,10 +747,12 @@ def main() -> int:
                 "side in this run mean anything",
         "kernel": os.uname().release,
     }
-    if opts.only != "cost":
+    if opts.only in (None, "attach"):
         result["attach_detach"] = bench_attach(opts)
-    if opts.only != "attach":
+    if opts.only in (None, "cost"):
         result["cost_per_call"] = bench_cost(opts)
+    if opts.only in (None, "floor"):
+        result["floor"] = bench_floor(opts)
     if opts.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -620,6 +761,8 @@ def main() -> int:
         print_attach(result["attach_detach"])
     if "cost_per_call" in result:
         print_cost(result["cost_per_call"])
+    if "floor" in result:
+        print_floor(result["floor"])
     return 0
 
 
