@@ -11,6 +11,7 @@ import ctypes
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
@@ -42,7 +43,7 @@ class CaptureOptions:
 def possible_cpus() -> int:
     """How many CPU ids the kernel may use (one event ring each): /sys's ``possible`` range."""
     try:
-        text = open("/sys/devices/system/cpu/possible").read().strip()
+        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
         return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
     except (OSError, ValueError):
         return os.cpu_count() or 1
