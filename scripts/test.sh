@@ -22,6 +22,12 @@ echo "== ruff check"
 guard=(--require-passed unit)
 if [ "$(id -u)" = 0 ]; then
   guard+=(--require-passed live)
+  # the live tier pins programs (pinned: selectors, bpftool loadall): bpffs must be mounted,
+  # which a fresh machine of this kind does not do by itself
+  if ! mountpoint -q /sys/fs/bpf; then
+    echo "test.sh: mounting bpffs at /sys/fs/bpf for the live tier"
+    mount -t bpf bpf /sys/fs/bpf
+  fi
 else
   echo "test.sh: WARNING: not root: the live tier will be skipped (run as root for CI parity)" >&2
 fi
