@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -119,13 +120,16 @@ class EndpointMap(dict):
     hit is then one C-level dict probe); user addresses depend on the process and are resolved
     for the current ``event`` only. Whoever keeps one across events must ``clear()`` it when
     the kernel symbolizer behind ``symbolize`` drops its Locations (``Symbolizer.generation``).
+    ``lock`` is held while an event is rendered through it: background traces render from
+    their own threads, and ``event`` is per render.
     """
 
-    __slots__ = ("symbolize", "event")
+    __slots__ = ("symbolize", "event", "lock")
 
     def __init__(self, symbolize: Symbolize, event: Event | None = None) -> None:
         super().__init__()
         self.symbolize, self.event = symbolize, event
+        self.lock = threading.Lock()
 
     def __missing__(self, addr: int) -> Endpoint:
         ep = endpoint_of(self.symbolize(self.event, addr))
@@ -161,9 +165,9 @@ def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
         result = lbrmod.trim(event.lbr, opts.tracer_ranges, opts.keep_ranges, opts.lbr_trim)
         if endpoints is None:
             endpoints = EndpointMap(symbolize, event)
-        else:
+        with endpoints.lock:
             endpoints.symbolize, endpoints.event = symbolize, event
-        blocks = lbrmod.group(result.entries, endpoints.__getitem__)
+            blocks = lbrmod.group(result.entries, endpoints.__getitem__)
         notice = result.notice()
         if notice:
             lines.append("   " + paint(f"LBR: {notice}", DIM, c))

@@ -756,6 +756,45 @@ def test_endpoint_map_kept_across_events_renders_what_a_fresh_one_does(fx: Scena
     assert lbr_lines(after) != lbr_lines(before)  # the stale map would have kept the old rows
 
 
+@needs_fixtures
+def test_endpoint_map_shared_by_threads_keeps_each_event_its_own(fx: Scenario):
+    """Background traces render from their own threads through the shell's one map: an event
+    whose LBR holds user addresses must be symbolized with its own process, never another's
+    (user Locations depend on the pid, here through a symbolizer that names the pid)."""
+    import threading
+
+    from bpflbr_shell.events import Branch
+
+    def symbolize(ev: Event, addr: int) -> Location:
+        if addr < USER_SPACE_END:
+            return Location(addr, f"pid{ev.pid}_func", 0x10)
+        return fx.sym.symbolize(addr)
+
+    events = []
+    for pid in (101, 202):
+        ev = fx.event()
+        ev.pid = pid
+        ev.lbr = [Branch(0x401000 + i * 16, 0x402000 + i * 16) for i in range(8)] + ev.lbr[8:]
+        events.append(ev)
+    opts = fx.opts(lbr_trim=False)
+    want = {ev.pid: body(render_event(ev, symbolize, opts)) for ev in events}
+    shared = EndpointMap(symbolize)
+    wrong: list[int] = []
+
+    def render_many(ev: Event) -> None:
+        for _ in range(300):
+            if body(render_event(ev, symbolize, opts, None, shared)) != want[ev.pid]:
+                wrong.append(ev.pid)
+
+    threads = [threading.Thread(target=render_many, args=(ev,)) for ev in events]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+    assert all(a >= USER_SPACE_END for a in shared)
+
+
 def test_file_names_keep_the_seed_spelling():
     """The seed prints kernel files as their path in the tree (``arch/x86/kernel/rethook.c``);
     absolute paths (BCC's ``/virtual/main.c``, a user binary's DWARF) shrink to their basename, as
