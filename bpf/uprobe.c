@@ -11,26 +11,14 @@
 #include <uapi/linux/perf_event.h>
 #include "probe_common.h"
 
-#define PROBE_CTX struct pt_regs *
 #define PROBE_KEYED 0
-#define PROBE_EXIT_SEES_ARGS 0
 
 static __always_inline u64 probe_func_ip(struct pt_regs *ctx)
 {
     return PT_REGS_IP(ctx);
 }
 
-static __always_inline void probe_args(struct pt_regs *ctx, u64 *args)
-{
-    regs_args(ctx, args);
-}
-
-static __always_inline u64 probe_retval(struct pt_regs *ctx)
-{
-    return PT_REGS_RC(ctx);
-}
-
-#include "probe_bodies.h"
+#include "regs_probe.h"
 
 int on_entry(struct pt_regs *ctx)
 {
