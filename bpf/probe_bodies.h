@@ -1,5 +1,5 @@
-/* The entry and exit probes, written once (BCC C). Each source includes this last, after
- * defining what differs between target kinds:
+/* The entry and exit probes, written once (BCC C). Each source includes this last (pt_regs
+ * probes through regs_probe.h), after defining what differs between target kinds:
  *   PROBE_CTX                 the context type (u64 * for fentry/fexit, struct pt_regs *)
  *   PROBE_KEYED               1: the function's address names it on exit too and keys the
  *                             entry stash; 0 (uretprobes): only the stash names it (key 0)
