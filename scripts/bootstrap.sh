@@ -11,7 +11,8 @@ log() { printf 'bootstrap: %s\n' "$*" >&2; }
 need_root() { [ "$(id -u)" = 0 ] || { log "must run as root (apt, kernel headers links); try: sudo $0"; exit 1; }; }
 
 apt_packages=(python3-bpfcc python3-venv python3-dev libbpf1 libbpf-dev bpftool linux-headers-amd64
-              clang llvm gcc make tmux binutils qemu-system-x86 xz-utils zstd)
+              clang llvm gcc make tmux binutils qemu-system-x86 xz-utils zstd
+              bpftrace bpfcc-tools libc6-dbg)
 if [ "${BPFLBR_APT:-1}" != 0 ]; then
   need_root
   missing=()
