@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from .errors import FeatureError, KernelDataError, NotFoundError, PrivilegeError
 from .kernel.model import LineInfo, ProgInfo, SubProg
+from .render import safe
 
 if TYPE_CHECKING:
     from .symbols import Location
@@ -265,7 +266,7 @@ def short_file(path: str) -> str:
 def _where(file: str | None, line: int | None, col: int | None = None) -> str:
     if not file:
         return ""
-    out = short_file(file)
+    out = safe(short_file(file))
     if line:
         out += f":{line}"
         if col:
@@ -275,17 +276,17 @@ def _where(file: str | None, line: int | None, col: int | None = None) -> str:
 
 def format_location(loc: Location) -> str:
     """``func+0xoff [module] (file:line:col)`` with a shortened file name."""
-    out = f"{loc.func}+{loc.offset:#x}"
+    out = f"{safe(loc.func)}+{loc.offset:#x}"
     module = getattr(loc, "module", None)
     if module and module not in ("bpf", "vmlinux"):
-        out += f" [{module}]"
+        out += f" [{safe(module)}]"
     where = _where(getattr(loc, "file", None), getattr(loc, "line", None),
                    getattr(loc, "col", None))
     return f"{out} ({where})" if where else out
 
 
 def _source_comment(li: LineInfo) -> str:
-    return f"; {li.text}  ({_where(li.file, li.line, li.col)})"
+    return f"; {safe(li.text, backslash=False)}  ({_where(li.file, li.line, li.col)})"
 
 
 def _operand_text(fn: DisasmFunc, insn: DisasmInsn) -> str:
@@ -307,11 +308,11 @@ def _header(sp: SubProg) -> tuple[str, str]:
     """(label, comment) of a function header: ksym name; prototype and first source line."""
     parts = []
     if sp.prototype:
-        parts.append(sp.prototype)
+        parts.append(safe(sp.prototype))
     first = next((li for li in sp.lines if li.line), None)
     if first is not None:
         parts.append(f"[{_where(first.file, first.line)}]")
-    return f"{sp.ksym}:", ("; " + "  ".join(parts)) if parts else ""
+    return f"{safe(sp.ksym)}:", ("; " + "  ".join(parts)) if parts else ""
 
 
 def render_disasm_text(funcs: list[DisasmFunc], color: bool = False) -> str:

@@ -17,14 +17,55 @@ RESET, BOLD, DIM, CYAN, GREEN, YELLOW, RED = (
     "\x1b[0m", "\x1b[1m", "\x1b[2m", "\x1b[36m", "\x1b[32m", "\x1b[33m", "\x1b[31m")
 
 
+_NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r"}
+
+
+def _escape_char(ch: str, backslash: bool) -> str:
+    if ch == "\\":
+        return "\\\\" if backslash else ch
+    if ch.isprintable() or ch == "\t":
+        return ch
+    named = _NAMED_ESCAPES.get(ch)
+    if named is not None:
+        return named
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 \
+        else f"\\U{code:08x}"
+
+
+def safe(text: str, backslash: bool = True) -> str:
+    """Text from the traced world (comm, which any process sets; symbol, file and BTF names;
+    strings read from memory; user input echoed in errors) made harmless for a terminal.
+
+    Every character that is not printable (``str.isprintable``: C0/C1 controls such as ESC
+    and newline, format characters such as bidi overrides, line separators, lone surrogates
+    from undecodable bytes) becomes a Python-style escape (``\\x1b``, ``\\n``, ``\\u202e``),
+    except a tab, which moves the cursor and nothing else (BPF source lines hold tabs);
+    a backslash is doubled so the result reads back unambiguously (``backslash=False``
+    keeps it, for messages that already quote text). Printable text, UTF-8 names included,
+    is returned as is, and cheaply: this runs on every rendered event. JSON output does not
+    use it: the JSON encoder escapes by itself and must stay exact.
+    """
+    if (text.isprintable() or text.replace("\t", " ").isprintable()) \
+            and (not backslash or "\\" not in text):
+        return text
+    return "".join([_escape_char(ch, backslash) for ch in text])
+
+
+def safe_line(text: str) -> str:
+    """:func:`safe` for a message that is already one of ours (quotes, backslashes kept)."""
+    return safe(text, backslash=False)
+
+
 def paint(text: str, style: str, color: bool) -> str:
     return f"{style}{text}{RESET}" if color and text else text
 
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]], color: bool = False,
           right: Iterable[int] = ()) -> str:
-    """Aligned columns; ``right`` lists column indexes to right-align (numbers)."""
-    cells = [[str(c) for c in row] for row in rows]
+    """Aligned columns; ``right`` lists column indexes to right-align (numbers). Cells are
+    escaped (:func:`safe`): prog, map and symbol names come from whoever loaded them."""
+    cells = [[safe(str(c)) for c in row] for row in rows]
     widths = [len(h) for h in headers]
     for row in cells:
         for i, c in enumerate(row):
@@ -104,9 +145,9 @@ def prog_detail(p: ProgInfo, color: bool = False, pids: Sequence[tuple[int, str]
                 stats_enabled: bool | None = None) -> str:
     """Everything we know about one program, for ``show prog``."""
     out: list[str] = []
-    title = f"prog {p.id}  {p.type_name}  {p.func_name}"
+    title = f"prog {p.id}  {p.type_name}  {safe(p.func_name)}"
     if p.func_name != p.name:
-        title += f"  (kernel name {p.name})"
+        title += f"  (kernel name {safe(p.name)})"
     out.append(paint(title, BOLD, color))
 
     def field(key: str, value: object) -> None:
@@ -129,19 +170,19 @@ def prog_detail(p: ProgInfo, color: bool = False, pids: Sequence[tuple[int, str]
     if p.attach_btf_id:
         field("attach btf", f"obj {p.attach_btf_obj_id} type {p.attach_btf_id}")
     if pids:
-        field("held by", ", ".join(f"{comm}({pid})" for pid, comm in pids))
+        field("held by", ", ".join(f"{safe(comm)}({pid})" for pid, comm in pids))
     if not p.jited:
         field("jit", "not JITed (interpreter): no image, no JIT line info")
     field("functions", len(p.subprogs))
     for sp in p.subprogs:
         out.append("")
-        head = f"  [{sp.index}] {sp.ksym}  {sp.addr:#x}  {sp.size} B"
+        head = f"  [{sp.index}] {safe(sp.ksym)}  {sp.addr:#x}  {sp.size} B"
         out.append(paint(head, CYAN, color))
         if sp.prototype:
-            out.append(f"      {sp.prototype}")
+            out.append(f"      {safe(sp.prototype)}")
         for li in sp.lines:
-            where = f"{short_file(li.file)}:{li.line}:{li.col}" if li.line else "(no line)"
-            text = f"  {li.text}" if li.text else ""
+            where = f"{safe(short_file(li.file))}:{li.line}:{li.col}" if li.line else "(no line)"
+            text = f"  {safe(li.text, backslash=False)}" if li.text else ""
             out.append(f"      +{li.addr - sp.addr:<#6x} insn {li.insn_off:<5} {where}{text}")
     return "\n".join(out)
 

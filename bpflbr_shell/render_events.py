@@ -18,7 +18,7 @@ from typing import Any
 from . import lbr as lbrmod
 from .events import Event
 from .lbr import AddrRange, Endpoint
-from .render import CYAN, DIM, GREEN, YELLOW, paint
+from .render import CYAN, DIM, GREEN, YELLOW, paint, safe
 from .symbols import Location
 from .values import Signature, ValueType, as_signature
 
@@ -56,7 +56,7 @@ def format_ts(ts_ns: int) -> str:
 def format_call(event: Event, params: Signature | Sequence[str] | None) -> str:
     """``func(a=1, p=0x7ffd...) = -1``: values presented through the signature's types when
     known (signed ints in decimal, pointers in hex), raw registers in hex when not."""
-    func = event.func or f"{event.func_ip:#x}"
+    func = safe(event.func) if event.func else f"{event.func_ip:#x}"
     sig = as_signature(params)
     if sig is None:
         args = ", ".join(f"{a:#x}" for a in event.args)
@@ -90,10 +90,10 @@ def retval_of(event: Event, sig: Signature | None) -> int | None:
 
 
 def _endpoint(loc: Location) -> Endpoint:
-    where = f"{loc.func}+{loc.offset:#x}" if loc.func else f"{loc.addr:#x}"
+    where = f"{safe(loc.func)}+{loc.offset:#x}" if loc.func else f"{loc.addr:#x}"
     source = ""
     if loc.file and loc.line:
-        source = f"{short(loc.file)}:{loc.line}"
+        source = f"{safe(short(loc.file))}:{loc.line}"
     return Endpoint.of(loc.func, where, source)
 
 
@@ -157,7 +157,8 @@ def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
     resolved once per event."""
     c = opts.color
     head = (f"{paint(f'#{event.id}', YELLOW, c)} {event.probe}  "
-            f"pid {event.pid}/{event.tid} {event.comm}  cpu {event.cpu}  {format_ts(event.ts_ns)}")
+            f"pid {event.pid}/{event.tid} {safe(event.comm)}  cpu {event.cpu}  "
+            f"{format_ts(event.ts_ns)}")
     lines = [head, "   " + paint(format_call(event, params), GREEN, c)
              + (f"  took {format_duration(event.duration_ns)}"
                 if event.duration_ns is not None else "")]
@@ -176,10 +177,10 @@ def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
         lines += lbrmod.render_blocks(blocks, paint=painter, indent="   ")
     if event.ustack and (opts.show_ustack or not event.lbr):
         lines.append("   user stack:")
-        lines += [f"     {symbolize(event, a).format()}" for a in event.ustack]
+        lines += [f"     {safe(symbolize(event, a).format())}" for a in event.ustack]
     if event.kstack and opts.show_kstack:
         lines.append("   kernel stack:")
-        lines += [f"     {symbolize(event, a).format()}" for a in event.kstack]
+        lines += [f"     {safe(symbolize(event, a).format())}" for a in event.kstack]
     return "\n".join(lines)
 
 

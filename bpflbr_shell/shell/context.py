@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bpflbr_shell.errors import FeatureError, UsageError
+from bpflbr_shell.render import safe_line
 
 if TYPE_CHECKING:
     from bpflbr_shell.shell.registry import Registry
@@ -196,12 +197,21 @@ class Context:
         """The one JSON style for ``--json`` output (stable keys, readable in a terminal)."""
         self.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
+    def status(self, message: str) -> None:
+        """A line about the run, not its output ("trace 1: ...", "stopped: N events"): on
+        stderr, so ``--json`` / ``| jq`` see only data on stdout."""
+        self.stderr.write(safe_line(message) + "\n")
+
     def warn(self, message: str) -> None:
-        self.stderr.write(f"{self.style('warning:', 'yellow', stream=self.stderr)} {message}\n")
+        self.stderr.write(f"{self.style('warning:', 'yellow', stream=self.stderr)} "
+                          f"{safe_line(message)}\n")
 
     def error_line(self, message: str, label: str = "error") -> None:
+        """One line, whatever the message holds: user input and traced-world names echoed in
+        it are escaped (a newline cannot forge a second line, an ESC cannot reach the
+        terminal)."""
         self.stderr.write(f"{self.style(label + ':', 'red', 'bold', stream=self.stderr)} "
-                          f"{message}\n")
+                          f"{safe_line(message)}\n")
 
     def flush(self) -> None:
         for stream in (self.stdout, self.stderr):
