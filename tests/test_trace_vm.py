@@ -150,8 +150,8 @@ def test_fexit_retval_matches_test_run(shell: Shell, socket_filter: tuple[int, i
     _, prog_id = socket_filter
     links_before = set(bpftool_ids("link"))
     progs_before = set(bpftool_ids("prog"))
-    out = shell.run(f"trace prog {prog_id} --exit --bg --quiet --no-lbr")
-    assert f"fexit on 1 BPF function(s): len_filter (prog {prog_id})" in out
+    shell.run(f"trace prog {prog_id} --exit --bg --quiet --no-lbr")
+    assert f"fexit on 1 BPF function(s): len_filter (prog {prog_id})" in shell.err.getvalue()
     ours_loaded = [v["name"] for k, v in bpftool_ids("prog").items() if k not in progs_before]
     assert ours_loaded == ["bpflbr_fexit"]  # --exit alone: one program, no pairing fentry
     expected = run_packets(prog_id, 14, 40, 100)
@@ -200,8 +200,8 @@ def test_lbr_notice_once_and_stacks_instead(shell: Shell, socket_filter) -> None
 def test_subprogram_both_directions(shell: Shell, example_workload) -> None:
     """A subprogram of the libbpf example (called on every packet the workload sends)."""
     prog_id = example_workload.by_name["tc_classify"]
-    out = shell.run(f"trace prog {prog_id}:classify_flow --both --bg --quiet")
-    assert "fentry+fexit on 1 BPF function(s): classify_flow" in out
+    shell.run(f"trace prog {prog_id}:classify_flow --both --bg --quiet")
+    assert "fentry+fexit on 1 BPF function(s): classify_flow" in shell.err.getvalue()
     time.sleep(1.5)  # the workload runs the program every 100 ms
     shell.run("trace stop")
     events = [e for e in shell.json("show events 200 --json") if "classify_flow" in

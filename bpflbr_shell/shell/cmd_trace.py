@@ -26,7 +26,7 @@ from bpflbr_shell.render_events import (
     event_to_json,
     render_event,
 )
-from bpflbr_shell.session import Session, Trace, install_cleanup
+from bpflbr_shell.session import Session, Trace, install_cleanup, target_gone
 from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
 from bpflbr_shell.shell.context import Context, parse_bool, register_setting
 from bpflbr_shell.shell.registry import argument, command
@@ -190,6 +190,8 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
             key = (event.pid, event.func or "")
             if key not in rt.params and event.func:
                 rt.params[key] = rt.user_syms.signature(event.pid, event.func, event.func_ip)
+                for note in rt.user_syms.take_notices():  # e.g. DWARF drgn cannot read
+                    ctx.warn(note)
         else:
             if kernel_sym is None:
                 kernel_sym = ctx.kernel.symbolizer
@@ -217,18 +219,23 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
         trace.tracer_ranges = tuple(tracer_ranges(trace.tracer.prog_fds(), ctx.kernel.kallsyms))
         trace.keep_ranges = tuple(trace.tracer.keep_ranges())
     trace.limit = args.limit
-    ctx.print(f"trace {trace.id}: {summary}")
+    ctx.status(f"trace {trace.id}: {summary}")
     reason = trace.tracer.lbr_off_reason
     if args.lbr and reason and not rt.lbr_notice_given:
         rt.lbr_notice_given = True
-        ctx.warn(f"LBR off: {reason}; showing stack traces instead")
+        ctx.warn(f"LBR off: {lbr_off_brief(reason)}; showing stacks instead "
+                 "('show features' says why)")
     if args.bg:
         def on_error(exc: BaseException) -> None:
             ctx.error_line(f"trace {trace.id}: {exc}")
             rt.close_stats()  # the dead trace no longer needs run-time stats
 
-        session.run_background(trace, on_error)
-        ctx.print(f"trace {trace.id} runs in the background ('trace stop {trace.id}' ends it)")
+        def on_end(reason: str) -> None:  # --pid: the process exited
+            ctx.status(f"trace {trace.id}: {reason}; stopped: {trace.delivered} events")
+            rt.close_stats()
+
+        session.run_background(trace, on_error, on_end)
+        ctx.status(f"trace {trace.id} runs in the background ('trace stop {trace.id}' ends it)")
         return
     deadline = time.monotonic() + args.duration if args.duration else None
     try:
@@ -237,12 +244,31 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
                 break
             trace.tracer.poll(100)
             ctx.flush()  # a pipe (| tee, | jq) sees events as they come, not at exit
+            gone = target_gone(trace.tracer)
+            if gone is not None:
+                ctx.status(f"trace {trace.id}: {gone}")
+                break
     except KeyboardInterrupt:
-        ctx.print("^C")
+        ctx.status("^C")
     finally:
         session.stop(trace)
         rt.close_stats()
-    ctx.print(f"trace {trace.id} stopped: {trace.delivered} events")
+    ctx.status(f"trace {trace.id} stopped: {trace.delivered} events")
+
+
+_LBR_OFF_BRIEF = {"ENOENT": "no LBR hardware", "ENODEV": "no LBR hardware",
+                  "EOPNOTSUPP": "no LBR hardware", "EBUSY": "LBR busy",
+                  "EACCES": "not permitted", "EPERM": "not permitted",
+                  "EINVAL": "branch filter refused"}
+
+
+def lbr_off_brief(reason: str) -> str:
+    """A few words for the one-line LBR-off notice; the full why and fix are in
+    'show features' (the long reason, printed per trace, buried the events under it)."""
+    m = re.search(r"\b(E[A-Z]{2,})\b", reason)
+    if m is None:
+        return "unavailable"
+    return f"{_LBR_OFF_BRIEF.get(m.group(1), 'unavailable')} ({m.group(1)})"
 
 
 def kernel_capture_options(ctx: Context, args: argparse.Namespace) -> Any:
@@ -260,16 +286,26 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     from bpflbr_shell.probes.uprobe import (
         UprobeOptions,
         UprobeTracer,
+        parse_str_spec,
+        resolve_ifuncs,
         resolve_targets,
         split_target,
+        string_knobs,
     )
 
+    rt = runtime(ctx)
     binary, glob = split_target(args.target)
-    targets = resolve_targets(binary, glob)
+    asked = parse_str_spec(args.str, retprobe)
+    notes: list[str] = []  # which file, which IFUNC implementation, which strings
+    targets = resolve_targets(binary, glob, pid=args.pid or 0, notes=notes)
+    targets = resolve_ifuncs(targets, rt.user_syms, args.pid or 0, notes)
+    extra = string_knobs(targets, rt.user_syms, asked, retprobe, notes)
+    for note in notes + rt.user_syms.take_notices():
+        ctx.warn(note)
     kind = "uretprobe" if retprobe else "uprobe"
     opts = UprobeOptions(retprobe=retprobe, pid=args.pid or -1, lbr=args.lbr,
                          kstack=args.kstack, branch_types=ctx.settings["lbr-branch-types"],
-                         stacks_with_lbr=args.stack or args.kstack)
+                         stacks_with_lbr=args.stack or args.kstack, extra=extra)
     label = f"{kind} {os.path.basename(targets[0].binary)}:{glob}"
     names = ", ".join(t.name for t in targets[:5]) + (" ..." if len(targets) > 5 else "")
     spec = f"{kind} {args.target}" + (f" --pid {args.pid}" if args.pid else "")
@@ -303,10 +339,15 @@ def _common_trace_args(cmd: Any) -> Any:
 _USER_TARGET = argument("target", metavar="BINARY:SYMBOL",
                         help="binary (path, command or library) and a function glob, "
                              "e.g. /usr/bin/bash:readline or c:getpid")
+_USER_STRINGS = argument("--str", metavar="WHICH", default=None,
+                         help="copy these values as C strings (62 bytes at most, escaped): "
+                              "ret, arg0..arg5, comma-separated; DWARF-typed char * args "
+                              "and retvals are copied without it")
 
 
 @command("trace uretprobe", help="trace returns of user functions (retval, args, duration)")
 @_USER_TARGET
+@_USER_STRINGS
 @_common_trace_args
 def cmd_trace_uretprobe(ctx: Context, args: argparse.Namespace) -> None:
     _trace_user(ctx, args, retprobe=True)
@@ -314,6 +355,7 @@ def cmd_trace_uretprobe(ctx: Context, args: argparse.Namespace) -> None:
 
 @command("trace uprobe", help="trace calls of user functions (args)")
 @_USER_TARGET
+@_USER_STRINGS
 @_common_trace_args
 def cmd_trace_uprobe(ctx: Context, args: argparse.Namespace) -> None:
     _trace_user(ctx, args, retprobe=False)

@@ -96,6 +96,10 @@ def run_guarded(ctx: Context, action: Callable[[], Any]) -> bool:
     except KeyboardInterrupt:
         ctx.stderr.write("^C\n")
         ctx.error_line("interrupted")
+    except BrokenPipeError:
+        if not ctx.interactive:
+            raise  # `bpflbr-shell -c CMD | head`: the reader left; cli.main exits quietly
+        ctx.error_line("output pipe closed")
     except Exception as exc:  # noqa: BLE001 - the shell must survive its own bugs
         where = getattr(exc, "bpflbr_location", None)
         prefix = f"{where}: " if where else ""
