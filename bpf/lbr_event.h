@@ -55,6 +55,24 @@
 
 #define NO_DURATION 0xffffffffffffffffULL
 
+/* C strings copied into the record (user pointers: uprobes): STR_MASK has bit i for arg i and
+ * bit STR_RET_BIT for the return value; STR_COUNT is its popcount (both from the tool). Each is
+ * bpf_probe_read_user_str()'s result (bytes with the NUL, 0 for NULL: not read, or -errno) and
+ * at most STR_LEN bytes. */
+#ifndef STR_MASK
+#define STR_MASK 0
+#endif
+#ifndef STR_COUNT
+#define STR_COUNT 0
+#endif
+#define STR_LEN 64
+#define STR_RET_BIT MAX_ARGS
+
+struct user_str {
+    s64 ret;
+    char buf[STR_LEN];
+};
+
 struct lbr_event {
     u64 ts_ns;          /* bpf_ktime_get_ns() at the probe */
     u64 duration_ns;    /* exit events: time since the paired entry; NO_DURATION unpaired */
@@ -71,6 +89,9 @@ struct lbr_event {
     u32 nr_lbr;
     char comm[16];
     struct perf_branch_entry lbr[LBR_ENTRIES]; /* LBR_ENTRIES is 0 when LBR is off */
+#if STR_COUNT > 0
+    struct user_str str[STR_COUNT];
+#endif
 };
 
 /* One CPU's ring. Slots [cons, prod) hold published events. The probe owns prod and busy;
@@ -89,7 +110,7 @@ struct cpu_ring {
  * writer code for a map value grows with every field of every slot (minutes to compile). Its
  * type description wants a literal size: RING_BYTES, from the tool, checked here. */
 #ifndef RING_BYTES
-#define RING_BYTES (64 + RING_SLOTS * (128 + LBR_ENTRIES * 24))
+#define RING_BYTES (64 + RING_SLOTS * (128 + LBR_ENTRIES * 24 + STR_COUNT * 72))
 #endif
 struct cpu_ring_bytes {
     char bytes[RING_BYTES];

@@ -36,6 +36,7 @@ static __always_inline int entry_probe(PROBE_CTX ctx)
     probe_args(ctx, ev->args);
     if (PAIR_EXIT)
         stash_for_exit(id, key_ip, now, func_ip, ev->args);
+    capture_strings(ev, 0, 0);
     return publish(ctx, &c, id, EV_ENTRY, now, NO_DURATION, 0);
 }
 
@@ -59,7 +60,9 @@ static __always_inline int exit_probe(PROBE_CTX ctx)
         probe_args(ctx, ev->args);
     else
         copy_args(ev->args, st.args);
-    return publish(ctx, &c, id, EV_EXIT, now, duration, probe_retval(ctx));
+    u64 retval = probe_retval(ctx);
+    capture_strings(ev, retval, 1);
+    return publish(ctx, &c, id, EV_EXIT, now, duration, retval);
 }
 
 #endif

@@ -203,6 +203,30 @@ static __always_inline void copy_args(u64 *dst, u64 *src)
         dst[i] = src[i];
 }
 
+/* Copy the C strings STR_MASK names (user pointers) into the event: args, and on exit the
+ * return value. Compiled out unless the tool asks (STR_COUNT 0). */
+static __always_inline void capture_strings(struct lbr_event *ev, u64 retval, int is_exit)
+{
+#if STR_COUNT > 0
+    int k = 0;
+#pragma unroll
+    for (int i = 0; i < MAX_ARGS; i++) {
+        if ((STR_MASK >> i) & 1) {
+            if (k < STR_COUNT) {
+                struct user_str *s = &ev->str[k];
+                u64 p = ev->args[i];
+                s->ret = p ? bpf_probe_read_user_str(s->buf, STR_LEN, (void *)p) : 0;
+            }
+            k++;
+        }
+    }
+    if (((STR_MASK >> STR_RET_BIT) & 1) && k < STR_COUNT) {
+        struct user_str *s = &ev->str[k];
+        s->ret = is_exit && retval ? bpf_probe_read_user_str(s->buf, STR_LEN, (void *)retval) : 0;
+    }
+#endif
+}
+
 /* A pt_regs probe's six register arguments (x86-64 calling convention). */
 static __always_inline void regs_args(struct pt_regs *ctx, u64 *args)
 {

@@ -16,6 +16,9 @@ from typing import NamedTuple
 
 LBR_ENTRIES = 32
 MAX_ARGS = 6
+STR_LEN = 64  # bytes of one captured C string, its NUL included (bpf/lbr_event.h)
+STR_SHOWN = STR_LEN - 2  # shown at most: a copy longer than this was cut at the bound
+RET_STR = MAX_ARGS  # bit of STR_MASK (and strings index) that is the return value
 EV_ENTRY, EV_EXIT = 1, 2
 NO_DURATION = (1 << 64) - 1  # an exit not paired with its entry (bpf/lbr_event.h)
 
@@ -28,9 +31,17 @@ class RawBranch(ctypes.Structure):
     _fields_ = [("from_", ctypes.c_uint64), ("to", ctypes.c_uint64), ("flags", ctypes.c_uint64)]
 
 
+class RawStr(ctypes.Structure):
+    """struct user_str: bpf_probe_read_user_str()'s result (bytes with the NUL, 0 for a NULL
+    pointer, -errno) and the bytes."""
+    _fields_ = [("ret", ctypes.c_int64), ("buf", ctypes.c_char * STR_LEN)]
+
+
 @functools.cache
-def raw_event_type(lbr_entries: int = LBR_ENTRIES) -> type[ctypes.Structure]:
-    """The record layout for a probe compiled with ``-DLBR_ENTRIES=lbr_entries``."""
+def raw_event_type(lbr_entries: int = LBR_ENTRIES, str_count: int = 0
+                   ) -> type[ctypes.Structure]:
+    """The record layout for a probe compiled with ``-DLBR_ENTRIES=lbr_entries`` and
+    ``-DSTR_COUNT=str_count``."""
     class RawEvent(ctypes.Structure):
         _fields_ = [
             ("ts_ns", ctypes.c_uint64),
@@ -48,9 +59,31 @@ def raw_event_type(lbr_entries: int = LBR_ENTRIES) -> type[ctypes.Structure]:
             ("nr_lbr", ctypes.c_uint32),
             ("comm", ctypes.c_char * 16),
             ("lbr", RawBranch * lbr_entries),
+            *([("str", RawStr * str_count)] if str_count else []),
         ]
 
     return RawEvent
+
+
+def str_indexes(str_mask: int) -> list[int]:
+    """Which values a STR_MASK captures, in slot order: args 0-5, then RET_STR."""
+    return [i for i in range(MAX_ARGS + 1) if str_mask >> i & 1]
+
+
+class CapturedStr(NamedTuple):
+    """A C string the probe copied (at most STR_LEN - 1 bytes): ``ret`` as the helper
+    returned it (> 0: bytes copied with the NUL; 0: a NULL pointer, not read; < 0: -errno)."""
+
+    ret: int
+    data: bytes
+
+    @property
+    def truncated(self) -> bool:
+        return len(self.data) > STR_SHOWN
+
+    @property
+    def shown(self) -> bytes:
+        return self.data[:STR_SHOWN]
 
 
 RawEvent = raw_event_type()
@@ -110,6 +143,8 @@ class Event:
     func: str | None = None  # symbol of func_ip, filled by the trace
     id: int = 0  # assigned by the event store
     trace_id: int = 0  # the trace that produced it
+    # C strings the probe copied: (arg index or RET_STR, what it read); () when none asked
+    strings: tuple[tuple[int, CapturedStr], ...] = ()
 
     @property
     def retval_signed(self) -> int | None:
@@ -121,12 +156,25 @@ class Event:
 # struct lbr_event up to the LBR array, and one perf_branch_entry
 HEAD = struct.Struct("<QQQ6QQIIIIiiiI16s")
 BRANCH = struct.Struct("<QQQ")
-assert HEAD.size == 128
+STR = struct.Struct(f"<q{STR_LEN}s")
+assert HEAD.size == 128 and STR.size == ctypes.sizeof(RawStr)
 
 
-def decode_record(buf: memoryview | bytes, probe: str, nargs: int = MAX_ARGS
-                  ) -> tuple[Event, int, int]:
-    """Decode one record (a ring-buffer slice) with one struct call; the fast path."""
+def decode_strings(buf: memoryview | bytes, str_mask: int) -> tuple[tuple[int, CapturedStr], ...]:
+    """The captured strings at the record's end (``struct user_str str[STR_COUNT]``)."""
+    which = str_indexes(str_mask)
+    off = len(buf) - len(which) * STR.size
+    out = []
+    for k, i in enumerate(which):
+        ret, data = STR.unpack_from(buf, off + k * STR.size)
+        out.append((i, CapturedStr(ret, data[: ret - 1] if ret > 0 else b"")))
+    return tuple(out)
+
+
+def decode_record(buf: memoryview | bytes, probe: str, nargs: int = MAX_ARGS,
+                  str_mask: int = 0) -> tuple[Event, int, int]:
+    """Decode one record (a ring-buffer slice) with one struct call; the fast path.
+    ``str_mask``: the STR_MASK the probe was compiled with (its strings end the record)."""
     (ts, dur, func_ip, a0, a1, a2, a3, a4, a5, retval, pid, tid, cpu, kind, kstack, ustack,
      lbr_ret, nr_lbr, comm) = HEAD.unpack_from(buf, 0)
     is_exit = kind == EV_EXIT
@@ -140,6 +188,8 @@ def decode_record(buf: memoryview | bytes, probe: str, nargs: int = MAX_ARGS
                   comm.split(b"\0", 1)[0].decode("utf-8", "replace"), func_ip,
                   [a0, a1, a2, a3, a4, a5][:nargs], retval if is_exit else None,
                   dur if is_exit and dur != NO_DURATION else None, lbr_ret, lbr)
+    if str_mask:
+        event.strings = decode_strings(buf, str_mask)
     return event, kstack, ustack
 
 

@@ -16,11 +16,12 @@ from json.encoder import encode_basestring_ascii as _encode_str
 from typing import Any
 
 from . import lbr as lbrmod
-from .events import Event
+from .events import RET_STR, CapturedStr, Event
 from .lbr import AddrRange, Endpoint
 from .render import CYAN, DIM, GREEN, YELLOW, paint, safe
 from .symbols import Location
-from .values import Signature, ValueType, as_signature
+from .usersyms import UNMAPPED
+from .values import Signature, ValueType, as_signature, format_str
 
 
 @dataclass
@@ -58,23 +59,55 @@ def format_call(event: Event, params: Signature | Sequence[str] | None) -> str:
     known (signed ints in decimal, pointers in hex), raw registers in hex when not."""
     func = safe(event.func) if event.func else f"{event.func_ip:#x}"
     sig = as_signature(params)
-    if sig is None:
-        args = ", ".join(f"{a:#x}" for a in event.args)
+    strs = dict(event.strings)
+    if sig is None:  # no prototype: the six argument registers, not six arguments
+        args = ("raw regs: " + ", ".join(_arg_text(None, raw, strs.get(i))
+                                         for i, raw in enumerate(event.args))) \
+            if event.args else ""
     else:
-        args = ", ".join(f"{name}={_arg_text(vt, raw)}"
-                         for (name, vt), raw in zip(sig.params[:6], event.args, strict=False))
+        args = ", ".join([f"{name}={_arg_text(vt, raw, strs.get(i))}" for i, ((name, vt), raw)
+                          in enumerate(zip(sig.params[:6], event.args, strict=False))]
+                         + (["..."] if sig.variadic else []))
     call = f"{func}({args})"
     if event.retval is not None:
         ret_type = sig.ret if sig is not None else None
-        if ret_type is not None and ret_type.pointer:
-            return call + f" = {event.retval:#x}"
-        ret = retval_of(event, sig)
+        if ret_type is not None and (ret_type.pointer or ret_type.integer):
+            return call + " = " + _arg_text(ret_type, event.retval, strs.get(RET_STR))
+        if RET_STR in strs:
+            return call + " = " + _arg_text(None, event.retval, strs[RET_STR])
+        ret = retval_of(event, sig)  # untyped: the signed register, and in hex
         call += f" = {ret}" + (f" ({ret:#x})" if ret is not None and ret > 9 else "")
     return call
 
 
-def _arg_text(vtype: ValueType | None, raw: int) -> str:
+def _arg_text(vtype: ValueType | None, raw: int, captured: CapturedStr | None = None) -> str:
+    """One value: its captured C string (escaped, bounded), else through its type (integers
+    in decimal, pointers in hex), else the raw register in hex."""
+    if captured is not None:
+        return string_text(raw, captured)
     return vtype.format(vtype.present(raw)) if vtype is not None else f"{raw:#x}"
+
+
+def string_text(raw: int, captured: CapturedStr) -> str:
+    """``"text"`` (``"text"...`` when cut at the bound), ``NULL``, or the pointer and why it
+    could not be read."""
+    if captured.ret > 0:
+        return format_str(captured.shown, captured.truncated)
+    if raw == 0:
+        return "NULL"
+    return f"{raw:#x} (unreadable: error {-captured.ret})"
+
+
+def strings_of(event: Event, sig: Signature | None) -> dict[str, Any]:
+    """JSON ``strings``: value name (the param's, ``argN`` untyped, ``retval``) -> the captured
+    text (``null`` for NULL or unreadable) and whether it was cut at the bound."""
+    names = sig.names if sig is not None else []
+    out: dict[str, Any] = {}
+    for i, cap in event.strings:
+        name = "retval" if i == RET_STR else names[i] if i < len(names) else f"arg{i}"
+        out[name] = {"text": cap.shown.decode("utf-8", "backslashreplace") if cap.ret > 0
+                     else None, "truncated": cap.truncated, "ret": cap.ret}
+    return out
 
 
 def args_of(event: Event, sig: Signature | None) -> list[int] | dict[str, int]:
@@ -177,16 +210,40 @@ def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
         lines += lbrmod.render_blocks(blocks, paint=painter, indent="   ")
     if event.ustack and (opts.show_ustack or not event.lbr):
         lines.append("   user stack:")
-        lines += [f"     {safe(symbolize(event, a).format())}" for a in event.ustack]
+        frames, cut = user_frames(event, symbolize)
+        lines += [f"     {safe(frame_text(loc))}" for loc in frames]
+        if cut:
+            lines.append(f"     ({cut} more: not in any mapping of the process)")
     if event.kstack and opts.show_kstack:
         lines.append("   kernel stack:")
         lines += [f"     {safe(symbolize(event, a).format())}" for a in event.kstack]
     return "\n".join(lines)
 
 
+def user_frames(event: Event, symbolize: Symbolize) -> tuple[list[Location], int]:
+    """The user stack's frames up to the first address no mapping of the process holds (a
+    frame-pointer walk through code built without frame pointers reads data as return
+    addresses, e.g. 0x336e6f687479702f), and how many were cut there."""
+    frames = []
+    for n, addr in enumerate(event.ustack):
+        loc = symbolize(event, addr)
+        if loc.kind == UNMAPPED or addr >= lbrmod.USER_SPACE_END:
+            return frames, len(event.ustack) - n
+        frames.append(loc)
+    return frames, 0
+
+
+def frame_text(loc: Location) -> str:
+    """A stack frame: ``func+0xoff (file:line)``; ``module+0xoff`` (the mapped file and the
+    link-time address in it, what addr2line -e takes) when the file has no symbol there."""
+    if loc.func is None and loc.module and loc.kind == "user":
+        return f"{loc.module}+{loc.offset:#x}"
+    return loc.format()
+
+
 def location_json(loc: Location) -> dict[str, Any]:
     return {"addr": loc.addr, "func": loc.func, "offset": loc.offset, "file": loc.file,
-            "line": loc.line, "col": loc.col, "kind": loc.kind}
+            "line": loc.line, "col": loc.col, "kind": loc.kind, "module": loc.module}
 
 
 def event_to_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
@@ -206,8 +263,9 @@ def event_to_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
                  "to": location_json(symbolize(event, nb.branch.dst)),
                  "mispred": nb.branch.mispred} for nb in result.entries],
         "lbr_dropped": result.dropped_tracer + result.dropped_outside,
-        "ustack": [location_json(symbolize(event, a)) for a in event.ustack],
+        "ustack": [location_json(loc) for loc in user_frames(event, symbolize)[0]],
         "kstack": [location_json(symbolize(event, a)) for a in event.kstack],
+        **({"strings": strings_of(event, sig)} if event.strings else {}),
     }
 
 
@@ -221,7 +279,9 @@ _EVENT_KEYS = ("id", "probe", "kind", "ts_ns", "pid", "tid", "cpu", "comm", "fun
                "args", "retval", "duration_ns", "lbr_ret", "lbr", "lbr_dropped", "ustack",
                "kstack")  # event_to_json's order
 _KEY_TEXT = {k: json.dumps(k) for k in _EVENT_KEYS}
+_KEY_TEXT["strings"] = json.dumps("strings")  # only events that carry captured strings
 _SORTED_KEYS = tuple(sorted(_EVENT_KEYS))
+_SORTED_KEYS_STR = tuple(sorted((*_EVENT_KEYS, "strings")))
 
 
 def _location_text(loc: Location, sort_keys: bool) -> str:
@@ -278,10 +338,13 @@ def event_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
         "lbr_ret": val(event.lbr_ret, sort_keys),
         "lbr": "[" + ", ".join(rows) + "]",
         "lbr_dropped": val(result.dropped_tracer + result.dropped_outside, sort_keys),
-        "ustack": "[" + ", ".join(loc(symbolize(event, a), sort_keys)
-                                  for a in event.ustack) + "]",
+        "ustack": "[" + ", ".join(loc(frame, sort_keys)
+                                  for frame in user_frames(event, symbolize)[0]) + "]",
         "kstack": "[" + ", ".join(loc(symbolize(event, a), sort_keys)
                                   for a in event.kstack) + "]",
     }
     keys = _SORTED_KEYS if sort_keys else _EVENT_KEYS
+    if event.strings:
+        parts["strings"] = json.dumps(strings_of(event, sig), sort_keys=sort_keys)
+        keys = _SORTED_KEYS_STR if sort_keys else (*_EVENT_KEYS, "strings")
     return "{" + ", ".join([f"{_KEY_TEXT[k]}: {parts[k]}" for k in keys]) + "}"

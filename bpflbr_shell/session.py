@@ -194,11 +194,20 @@ class Session:
             except Exception:  # keep detaching the others
                 pass
 
-    def run_background(self, trace: Trace, on_error: Callable[[BaseException], None]) -> None:
+    def run_background(self, trace: Trace, on_error: Callable[[BaseException], None],
+                       on_end: Callable[[str], None] | None = None) -> None:
+        """Poll in a thread until stopped; a trace whose target is gone (``--pid`` and the
+        process exited) stops itself and tells ``on_end`` why."""
         def loop() -> None:
             try:
                 while not trace.stop_flag.is_set():
                     trace.tracer.poll(100)
+                    reason = target_gone(trace.tracer)
+                    if reason is not None:
+                        self.stop(trace)  # drains what the rings hold, then detaches
+                        if on_end is not None:
+                            on_end(reason)
+                        return
             except BaseException as exc:  # detach first (never leave it attached), then report
                 try:
                     trace.tracer.close()
@@ -208,6 +217,13 @@ class Session:
 
         trace.thread = threading.Thread(target=loop, name=f"trace-{trace.id}", daemon=True)
         trace.thread.start()
+
+
+def target_gone(tracer: Any) -> str | None:
+    """Why a trace has nothing left to see (``process P exited``), or None; the poll loops
+    (foreground and background) ask after each poll."""
+    check = getattr(tracer, "target_gone", None)
+    return check() if check is not None else None
 
 
 _SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()

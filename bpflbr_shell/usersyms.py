@@ -37,6 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .lbr import USER_SPACE_END
 from .symbols import Location
 from .values import VOID, Signature, ValueType
 
@@ -47,6 +48,7 @@ PAGE = 4096
 REREAD_INTERVAL = 0.1  # s: an address outside every mapping re-reads /proc/PID/maps this often
 PT_LOAD, PF_X = 1, 1
 VDSO = "[vdso]"
+UNMAPPED = "unmapped"  # Location.kind of an address no mapping of the process covers
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,6 +101,39 @@ def load_segments(path: str) -> list[Segment]:
     return segs
 
 
+R_X86_64_IRELATIVE, EM_X86_64, SHT_RELA = 37, 62, 4
+
+
+def irelative_slots(path: str) -> dict[int, list[int]]:
+    """IFUNC resolver (link-time address) -> the GOT slots (link-time addresses) the dynamic
+    loader fills with what it returned: the R_X86_64_IRELATIVE relocations of an x86-64 ELF
+    file (their addend is the resolver). Empty for other machines and files."""
+    with open(path, "rb") as f:
+        hdr = f.read(64)
+        if len(hdr) < 64 or hdr[:4] != b"\x7fELF" or hdr[4] != 2 or hdr[5] != 1:
+            return {}
+        machine, = struct.unpack_from("<H", hdr, 18)
+        shoff, = struct.unpack_from("<Q", hdr, 40)
+        shentsize, shnum = struct.unpack_from("<HH", hdr, 58)
+        if machine != EM_X86_64 or shentsize < 64 or not 0 < shnum <= 4096:
+            return {}
+        f.seek(shoff)
+        table = f.read(shentsize * shnum)
+        slots: dict[int, list[int]] = {}
+        for i in range(len(table) // shentsize):
+            sh_type, = struct.unpack_from("<I", table, i * shentsize + 4)
+            off, size, _, _, _, entsize = struct.unpack_from("<QQIIQQ", table,
+                                                             i * shentsize + 24)
+            if sh_type != SHT_RELA or entsize != 24 or size > 1 << 26:
+                continue
+            f.seek(off)
+            data = f.read(size)
+            for r_offset, r_info, r_addend in struct.iter_unpack("<QQq", data[: size // 24 * 24]):
+                if r_info & 0xFFFFFFFF == R_X86_64_IRELATIVE:
+                    slots.setdefault(r_addend, []).append(r_offset)
+    return slots
+
+
 def value_type(t: Any) -> ValueType | None:
     """A drgn type as a :class:`ValueType`: typedefs and qualifiers resolved; ints, bools,
     enums and pointers have one, other types (structs by value, floats) None."""
@@ -123,8 +158,28 @@ def value_type(t: Any) -> ValueType | None:
             return None
         return ValueType(drgn.sizeof(compatible), bool(compatible.is_signed), False, name)
     if kind == drgn.TypeKind.POINTER:
-        return ValueType(t.size, False, True, name)
+        return ValueType(t.size, False, True, name, _is_char(t.type))
     return None
+
+
+def _is_char(t: Any) -> bool:
+    """Whether a pointee is a char type (through typedefs and qualifiers)."""
+    import drgn
+
+    for _ in range(32):
+        t = t.unqualified()
+        if t.kind != drgn.TypeKind.TYPEDEF:
+            break
+        t = t.type
+    return t.kind == drgn.TypeKind.INT and t.size == 1 and \
+        t.name in ("char", "signed char", "unsigned char")
+
+
+def signature_of(ftype: Any) -> Signature:
+    """A drgn function type as a :class:`Signature` (a trailing '...' noted, not typed)."""
+    params = tuple((p.name or f"arg{i}", value_type(p.type))
+                   for i, p in enumerate(ftype.parameters))
+    return Signature(params, value_type(ftype.type), bool(ftype.is_variadic))
 
 
 class BinaryImage:
@@ -141,6 +196,7 @@ class BinaryImage:
         self._cache: dict[int, tuple[Any, ...] | None] = {}
         self._signatures: dict[str, Signature | None] = {}
         self._func_addrs: dict[str, list[int]] = {}
+        self.notices: list[str] = []  # said once each, then taken by the symbolizer
         self.prog, self.bias = self._open(self.file)
 
     def _open(self, path: str) -> tuple[Any, int]:
@@ -197,19 +253,68 @@ class BinaryImage:
         return hit
 
     def signature(self, func: str) -> Signature | None:
-        """Parameter names and types and the return type of ``func`` from DWARF."""
+        """Parameter names and types and the return type of ``func`` from DWARF (looked up
+        once per address: ``getpid`` and ``__getpid`` are one function, one notice)."""
         if func not in self._signatures:
-            self._signatures[func] = self._signature(func)
+            addrs = tuple(sorted(set(self.function_addrs(func))))
+            key = f"@{addrs}" if addrs else func
+            if key not in self._signatures:
+                self._signatures[key] = self._signature(func)
+            self._signatures[func] = self._signatures[key]
         return self._signatures[func]
 
-    def _signature(self, func: str) -> Signature | None:
+    def aliases(self, func: str) -> list[str]:
+        """``func`` and the other function symbols at its address, globals first: libc's
+        ``open64`` is ``__libc_open64`` in its DWARF, ``puts`` is ``_IO_puts``."""
         try:
-            ftype = self.prog.function(func).type_
-            params = tuple((p.name or f"arg{i}", value_type(p.type))
-                           for i, p in enumerate(ftype.parameters))
-            return Signature(params, value_type(ftype.type))
-        except (LookupError, ValueError, AttributeError):
+            addrs = {s.address for s in self.prog.symbols(func)}
+            syms = [s for a in addrs for s in self.prog.symbols(a) if s.address == a]
+        except (LookupError, ValueError, OverflowError):
+            return [func]
+        import drgn
+
+        order = {drgn.SymbolBinding.GLOBAL: 0, drgn.SymbolBinding.WEAK: 1}
+        names = [s.name for s in sorted(syms, key=lambda s: order.get(s.binding, 2))]
+        return [func] + [n for n in dict.fromkeys(names) if n != func]
+
+    def _signature(self, func: str) -> Signature | None:
+        if self.symbol_kind(func) == "ifunc":
+            return None  # its aliases' DWARF is the resolver's: no prototype of the function
+        for name in self.aliases(func):
+            try:
+                fn = self.prog.function(name)
+            except LookupError:
+                continue  # no DWARF under this name: try the next alias
+            except Exception as exc:  # noqa: BLE001 - drgn could not read this DWARF
+                return self._unreadable(func, exc)
+            try:
+                return signature_of(fn.type_)
+            except Exception as exc:  # noqa: BLE001 - e.g. BadDataError: unknown type tag
+                return self._unreadable(func, exc)
+        return None
+
+    def _unreadable(self, func: str, exc: Exception) -> None:
+        """DWARF drgn cannot map (libc's assembly stubs: getpid's DW_TAG_unspecified_type):
+        that one function's values stay raw, and the user is told once."""
+        self.notices.append(f"{func} in {os.path.basename(self.path)}: its DWARF type is "
+                            f"unreadable ({type(exc).__name__}: {exc}); showing raw registers")
+        return None
+
+    def symbol_kind(self, func: str) -> str | None:
+        """'ifunc' for a GNU indirect function (STT_GNU_IFUNC), 'func', or None."""
+        try:
+            kinds = {s.kind.name.lower() for s in self.prog.symbols(func)}
+        except (LookupError, ValueError):
             return None
+        return "ifunc" if "ifunc" in kinds else "func" if "func" in kinds else None
+
+    def functions_named(self, prefix: str) -> list[str]:
+        """Names of function symbols starting with ``prefix`` (e.g. an IFUNC's candidates)."""
+        try:
+            return sorted({s.name for s in self.prog.symbols() if s.name.startswith(prefix)
+                           and s.kind.name.lower() == "func"})
+        except (LookupError, ValueError):
+            return []
 
 
 @dataclass(frozen=True, slots=True)
@@ -218,6 +323,7 @@ class Mapping:
     end: int
     delta: int  # link-time address = runtime address - delta
     image: BinaryImage | None  # None: anonymous, [vdso], or a file we cannot open
+    name: str = ""  # the mapped file's basename ([vdso], "" when anonymous)
 
 
 @dataclass
@@ -225,6 +331,7 @@ class Process:
     mappings: list[Mapping] = field(default_factory=list)  # sorted by start, disjoint
     paths: set[str] = field(default_factory=set)  # binaries placed in this process
     tried_at: float = 0.0  # monotonic time /proc/PID/maps was last read (or tried)
+    complete: bool = False  # mappings from /proc/PID/maps (not only placed from a probe)
 
     def find(self, addr: int) -> Mapping | None:
         i = bisect.bisect_right(self.mappings, addr, key=lambda m: m.start) - 1
@@ -297,22 +404,25 @@ class UserSymbolizer:
         mappings.sort(key=lambda m: m.start)
         # the process's own word replaces what we had (placements from probes included)
         proc.mappings = mappings
+        proc.complete = True
         proc.paths = {m.image.path for m in mappings if m.image is not None}
         return True
 
     def _mapping(self, pid: int, start: int, end: int, pgoff: int, path: str) -> Mapping:
         image = None
+        name = os.path.basename(path.removesuffix(" (deleted)")) if path.startswith("/") \
+            else path
         if path.startswith("/"):
             image = self._image(path, pid)
         elif path == "[vdso]":
             image = self._vdso(pid, start, end)
-        if image is None:
-            return Mapping(start, end, 0, None)
+        if image is None:  # frames here read module+offset-in-file
+            return Mapping(start, end, start - pgoff, None, name)
         # the PT_LOAD segment this file range comes from: file offset -> link-time address
         for seg in sorted(image.segments, key=lambda s: not s.exec):
             if seg.offset - seg.offset % PAGE <= pgoff < seg.offset + max(seg.filesz, 1):
-                return Mapping(start, end, start - pgoff + seg.offset - seg.vaddr, image)
-        return Mapping(start, end, 0, None)
+                return Mapping(start, end, start - pgoff + seg.offset - seg.vaddr, image, name)
+        return Mapping(start, end, start - pgoff, None, name)
 
     def _place_from_probe(self, proc: Process, func_ip: int, site: ProbeSite) -> None:
         """The process is gone (or never mapped what its event says): the probed function's
@@ -326,7 +436,7 @@ class UserSymbolizer:
             return  # none, or two attached functions it could be: do not guess
         (bias,) = biases
         lo, hi = image.text
-        proc.add(Mapping(lo + bias, hi + bias, bias, image))
+        proc.add(Mapping(lo + bias, hi + bias, bias, image, os.path.basename(image.path)))
 
     # ---- binaries -----------------------------------------------------------------------------
     def _image(self, path: str, pid: int = 0) -> BinaryImage | None:
@@ -394,8 +504,12 @@ class UserSymbolizer:
             if m is None and proc is not None and self._read_maps(pid, proc):
                 m = proc.find(addr)  # mapped since (dlopen), or the pid is another process
             found = m.image.lookup(addr - m.delta) if m is not None and m.image else None
-        if found is None:
-            return Location(addr, kind="user")  # not cached: the mapping may turn up later
+        if found is None:  # not cached: the mapping may turn up later
+            if m is not None and m.name:  # in a file without the symbol: module+offset
+                return Location(addr, offset=addr - m.delta, module=m.name, kind="user")
+            if addr >= USER_SPACE_END or (m is None and proc is not None and proc.complete):
+                return Location(addr, kind=UNMAPPED)  # no code of the process is there
+            return Location(addr, kind="user")
         func, offset, file, line, col = found
         loc = Location(addr, func=func, offset=offset, file=file, line=line, col=col,
                        kind="user")
@@ -420,6 +534,59 @@ class UserSymbolizer:
                 if sig is not None:
                     return sig
         return None
+
+    def take_notices(self) -> list[str]:
+        """What the binaries had to say since the last call (each said once)."""
+        with self._lock:
+            out = []
+            for image in [*self._images.values(), self._vdso_image]:
+                if image is not None and image.notices:
+                    out += image.notices
+                    image.notices = []
+            return out
+
+    def image(self, path: str, pid: int = 0) -> BinaryImage | None:
+        """The drgn view of one binary (opened once, shared with symbolization)."""
+        return self._image(path, pid)
+
+    def load_bias(self, pid: int, path: str) -> int | None:
+        """Runtime minus link-time address of ``path``'s code in ``pid`` (None: not mapped)."""
+        with self._lock:
+            proc = self._process(pid) if pid > 0 else None
+            if proc is None:
+                return None
+            for m in proc.mappings:
+                if m.image is not None and m.image.path == path:
+                    return m.delta
+        return None
+
+    def ifunc_target(self, pid: int, path: str, func: str) -> str | None:
+        """The implementation the dynamic loader chose for IFUNC ``func`` of ``path`` in
+        ``pid``: the GOT slot of its IRELATIVE relocation, read through /proc/PID/mem (calls
+        nothing in the process). None when the file has no such slot or ``pid`` does not map
+        it."""
+        image = self._image(path, pid)
+        bias = self.load_bias(pid, path)
+        if image is None or bias is None:
+            return None
+        try:
+            resolvers = image.function_addrs(func)
+            slots = irelative_slots(image.file)
+        except (OSError, struct.error):
+            return None
+        names = set()
+        for resolver in resolvers:
+            for slot in slots.get(resolver, []):
+                try:
+                    with open(f"/proc/{pid}/mem", "rb", buffering=0) as mem:
+                        mem.seek(slot + bias)
+                        (value,) = struct.unpack("<Q", mem.read(8))
+                except (OSError, struct.error, ValueError):
+                    continue
+                found = image.lookup(value - bias)
+                if found is not None and found[1] == 0:
+                    names.add(found[0])
+        return names.pop() if len(names) == 1 else None
 
     def params(self, pid: int, func: str) -> list[str] | None:
         """Parameter names of ``func`` from DWARF, or None when unknown."""

@@ -28,6 +28,9 @@ class ValueType:
     signed: bool = False
     pointer: bool = False
     name: str = ""
+    # a pointer to char (through typedefs and qualifiers): a C string the probe can copy;
+    # ``char **`` and ``void *`` are not
+    string: bool = False
 
     @property
     def integer(self) -> bool:
@@ -45,9 +48,9 @@ class ValueType:
         return value
 
     def format(self, value: int) -> str:
-        """Text of an already presented value: signed ints in decimal, pointers and large
-        unsigned values in hex (small unsigned ones read the same either way)."""
-        if self.integer and (self.signed or 0 <= value <= 9):
+        """Text of an already presented value: integers (sizes, counts, flags, signed or not)
+        in decimal, pointers and what we cannot type (void, structs, floats) in hex."""
+        if self.integer:
             return str(value)
         return f"{value:#x}"
 
@@ -61,6 +64,7 @@ class Signature:
 
     params: tuple[tuple[str, ValueType | None], ...]
     ret: ValueType | None = None
+    variadic: bool = False  # a trailing '...': more arguments than params, untyped
 
     @classmethod
     def from_names(cls, names: Sequence[str]) -> Signature:
@@ -83,6 +87,24 @@ class Signature:
         if ret is not None and (ret.pointer or ret.integer):
             return ret.present(raw)
         return signed64(raw)
+
+
+def format_str(data: bytes, truncated: bool = False) -> str:
+    """A C string the probe copied, as a quoted, escaped literal: printable ASCII as is,
+    quotes and backslashes escaped, every other byte as ``\\xNN`` (traced text never reaches
+    the terminal raw); ``...`` after the quote when the copy was cut at its bound."""
+    out = []
+    for b in data:
+        if b in (0x22, 0x5C):
+            out.append("\\" + chr(b))
+        elif 0x20 <= b < 0x7F:
+            out.append(chr(b))
+        else:
+            out.append(_ESCAPES.get(b) or f"\\x{b:02x}")
+    return '"' + "".join(out) + '"' + ("..." if truncated else "")
+
+
+_ESCAPES = {0x0A: "\\n", 0x09: "\\t", 0x0D: "\\r"}
 
 
 def signed64(raw: int) -> int:

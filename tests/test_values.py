@@ -78,7 +78,8 @@ def test_present(vtype: ValueType, raw: int, want: int) -> None:
 
 @pytest.mark.parametrize(("vtype", "value", "text"), [
     (INT, -1, "-1"), (INT, 12, "12"), (LONG, -3, "-3"),
-    (U32, 7, "7"), (U32, 10, "0xa"), (U32, 2**32 - 1, "0xffffffff"),
+    # sizes and counts read in decimal, signed or not (count=832, not 0x340)
+    (U32, 7, "7"), (U32, 10, "10"), (ULONG, 832, "832"), (U32, 2**32 - 1, "4294967295"),
     (PTR, 0, "0x0"), (PTR, 0x7FFD1000, "0x7ffd1000"),
     (VOID, 5, "0x5"),
 ])
@@ -294,7 +295,13 @@ def test_drgn_types_as_value_types() -> None:
     assert value_type(prog.int_type("int", 4, True, qualifiers=drgn.Qualifiers.CONST)) == \
         ValueType(4, True, False, "const int")
     assert value_type(prog.bool_type("_Bool", 1)) == ValueType(1, False, False, "_Bool")
-    assert value_type(prog.pointer_type(char_t)) == ValueType(8, False, True, "char *")
+    assert value_type(prog.pointer_type(char_t)) == ValueType(8, False, True, "char *", True)
+    # what the probe may copy as a C string: pointers to char (through typedefs, const)
+    gchar = prog.typedef_type("gchar", char_t, qualifiers=drgn.Qualifiers.CONST)
+    assert value_type(prog.pointer_type(gchar)).string
+    assert not value_type(prog.pointer_type(prog.pointer_type(char_t))).string  # char **
+    assert not value_type(prog.pointer_type(prog.void_type())).string
+    assert not value_type(prog.pointer_type(int_t)).string
     assert value_type(prog.void_type()) == VOID
     assert value_type(prog.float_type("double", 8)) is None
     assert value_type(prog.struct_type("s", 8, ())) is None
@@ -323,13 +330,22 @@ def test_format_call_presents_through_types() -> None:
     ev = event(args=(1, 2), retval=0xFFFFFFFF)
     assert format_call(ev, SUB) == "sub(a=1, b=2) = -1"
     assert format_call(event(args=(0xFFFFFFFF, 12), retval=11), SUB) == \
-        "sub(a=-1, b=12) = 11 (0xb)"
-    # names only, or nothing known: raw registers in hex, retval as the signed register
+        "sub(a=-1, b=12) = 11"  # a typed int: decimal only
+    # names only: raw registers in hex, retval as the signed register (and its hex)
     assert format_call(ev, ["a", "b"]) == "sub(a=0x1, b=0x2) = 4294967295 (0xffffffff)"
-    assert format_call(ev, None) == "sub(0x1, 0x2) = 4294967295 (0xffffffff)"
+    # nothing known: the registers are said to be registers, not a prototype
+    assert format_call(ev, None) == "sub(raw regs: 0x1, 0x2) = 4294967295 (0xffffffff)"
     ptr = Signature((("p", PTR), ("n", U32)), PTR)
     assert format_call(event(args=(0x7FFD0000, 0xFFFFFFFF), retval=0x5000), ptr) == \
-        "sub(p=0x7ffd0000, n=0xffffffff) = 0x5000"
+        "sub(p=0x7ffd0000, n=4294967295) = 0x5000"
+    size = Signature((("fd", INT), ("buf", ValueType(8, False, True, "void *")),
+                      ("count", ULONG)), LONG)
+    assert format_call(event(args=(3, 0x7FFD0000, 832), retval=832), size) == \
+        "sub(fd=3, buf=0x7ffd0000, count=832) = 832"
+    # variadic (int open(const char *, int, ...)): typed where the prototype says, then '...'
+    opn = Signature((("file", PTR), ("oflag", INT)), INT, variadic=True)
+    assert format_call(event(args=(0x1000, 0, 0x1B6), retval=0xFFFFFFFF), opn) == \
+        "sub(file=0x1000, oflag=0, ...) = -1"
     assert format_call(event("entry", (3, 4)), SUB) == "sub(a=3, b=4)"
 
 

@@ -75,6 +75,7 @@ class ProbeTracer:
         self.lbr_entries = 0
         self.bytes = 0
         self.lbr_errors = 0  # delivered events whose snapshot failed (LBR on)
+        self.str_mask = 0
         self._stacks: dict[int, list[int]] = {}
         self._closed = False
 
@@ -109,7 +110,8 @@ class ProbeTracer:
             **self.knobs(), **self.capture.extra,
         }
         # the record's size follows the LBR_ENTRIES the program is really compiled with
-        record = ctypes.sizeof(raw_event_type(knobs["LBR_ENTRIES"]))
+        record = ctypes.sizeof(raw_event_type(knobs["LBR_ENTRIES"], knobs.get("STR_COUNT", 0)))
+        self.str_mask = knobs.get("STR_MASK", 0)  # which C strings end each record
         nrings = possible_cpus()
         slots = slots_for(self.capture.ringbuf_pages * 4096, nrings, record)
         knobs.update(NR_RINGS=nrings, RING_SLOTS=slots, RING_BYTES=ring_bytes(slots, record))
@@ -150,7 +152,7 @@ class ProbeTracer:
 
     # events -----------------------------------------------------------------------------------
     def _handle(self, record: memoryview) -> None:
-        event, kstack, ustack = decode_record(record, self.label)
+        event, kstack, ustack = decode_record(record, self.label, str_mask=self.str_mask)
         self.bytes += len(record)
         if event.lbr_ret < 0 and self.lbr_entries:
             self.lbr_errors += 1  # counted here: the probe's hot path stays short
@@ -200,3 +202,17 @@ class ProbeTracer:
     def keep_ranges(self) -> list[AddrRange]:
         """Where the relevant branches are; empty keeps everything the tracer did not cause."""
         return []
+
+    def target_gone(self) -> str | None:
+        """``process P exited`` once a ``--pid`` trace's process is gone (bpftrace's -p ends
+        then too), else None. One small /proc read per poll: a zombie (exited, not yet
+        reaped by its parent) counts as gone."""
+        pid = self.capture.pid
+        if pid <= 0:
+            return None
+        try:
+            with open(f"/proc/{pid}/stat", "rb") as f:
+                state = f.read().rpartition(b")")[2].split(None, 1)[0]
+        except (OSError, IndexError):
+            return f"process {pid} exited"
+        return f"process {pid} exited" if state in (b"Z", b"X") else None

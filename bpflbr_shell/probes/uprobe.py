@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import FeatureError, NotFoundError, UsageError
-from ..events import Event
+from ..events import MAX_ARGS, RET_STR, Event
 from ..lbr import USER_SPACE, AddrRange
 from ..usersyms import ProbeSite
 from . import bccprog
@@ -52,8 +54,37 @@ def split_target(text: str) -> tuple[str, str]:
     return binary, glob
 
 
-def resolve_binary(binary: str) -> str:
-    """A path, a command on PATH, or a library name (``c`` -> libc.so.6)."""
+def resolve_binary(binary: str, pid: int = 0, notes: list[str] | None = None) -> str:
+    """A path, a command on PATH, or a library name (``c`` -> libc.so.6).
+
+    With ``pid`` the files that process maps come first (``/proc/PID/maps``; through
+    ``/proc/PID/root`` when it lives in another mount namespace): another copy of the same
+    library elsewhere on disk (a pyenv python's own libpython beside Debian's) would never
+    fire for it. Without one, when several files fit the name, ``notes`` says which was
+    chosen and what the others are."""
+    notes = notes if notes is not None else []
+    if pid > 0:
+        mapped = mapped_files(pid)
+        hits = [p for p in mapped if _names_file(binary, p, mapped[0] if mapped else "")]
+        if hits:
+            if len(hits) > 1:
+                notes.append(f"{binary}: process {pid} maps {len(hits)} files that fit; "
+                             f"using {hits[0]} (not {', '.join(hits[1:])})")
+            return in_namespace_of(pid, hits[0])
+    chosen = _resolve_here(binary)
+    if pid > 0:
+        notes.append(f"process {pid} does not map {chosen} (yet): its probes fire only "
+                     "if the process loads that file")
+    elif os.sep not in binary:
+        others = [p for p in other_copies(binary) if p != chosen]
+        if others:
+            notes.append(f"{binary}: using {chosen}; other copies: {', '.join(others[:4])}"
+                         + (" ..." if len(others) > 4 else "")
+                         + " (give a full path, or --pid to use what that process maps)")
+    return chosen
+
+
+def _resolve_here(binary: str) -> str:
     if os.sep in binary:
         if not os.path.isfile(binary):
             raise NotFoundError(f"no such binary: {binary}")
@@ -68,17 +99,90 @@ def resolve_binary(binary: str) -> str:
     raise NotFoundError(f"cannot find binary or library '{binary}'", "give a full path")
 
 
-def resolve_targets(binary: str, glob: str) -> list[UserTarget]:
-    """Functions of ``binary`` matching ``glob`` (ELF symbol tables, via BCC)."""
-    path = resolve_binary(binary)
-    bcc = bccprog.import_bcc()
-    regex = fnmatch.translate(glob)
+def mapped_files(pid: int) -> list[str]:
+    """The files ``pid`` maps executable code from, its main executable first (the kernel's
+    spelling: paths in the process's own mount namespace)."""
     try:
-        found = bcc.BPF.get_user_functions_and_addresses(path.encode(), regex.encode())
-    except Exception as exc:
-        raise NotFoundError(f"cannot read symbols of {path}: {exc}") from None
-    targets = sorted({UserTarget(path, n.decode(), a) for n, a in found},
-                     key=lambda t: (t.name, t.offset))
+        with open(f"/proc/{pid}/maps") as f:
+            rows = f.read().splitlines()
+    except OSError:
+        raise NotFoundError(f"no process {pid}",
+                            "--pid takes the id of a running process") from None
+    try:
+        exe = os.readlink(f"/proc/{pid}/exe").removesuffix(" (deleted)")
+    except OSError:
+        exe = ""
+    files = dict.fromkeys([exe] if exe else [])
+    for row in rows:
+        parts = row.split(maxsplit=5)
+        if len(parts) == 6 and "x" in parts[1] and parts[5].startswith("/"):
+            files[parts[5].removesuffix(" (deleted)")] = None
+    return [f for f in files if f]
+
+
+def _names_file(binary: str, path: str, exe: str) -> bool:
+    """Whether ``binary`` as the user wrote it names ``path``: the same path (or realpath),
+    the same file name, ``c`` or ``libc`` for libc.so.6, or a command for the process's
+    executable (``python3`` for python3.11)."""
+    if os.sep in binary:
+        return path in (binary, os.path.realpath(binary))
+    base = os.path.basename(path)
+    if _lib_name_fits(binary, base):
+        return True
+    return path == exe and (base == binary or base.startswith(binary + "."))
+
+
+def _lib_name_fits(name: str, base: str) -> bool:
+    if base == name:
+        return True
+    stem = name if name.startswith("lib") else "lib" + name
+    return base.startswith(stem + ".so") or base.startswith(stem + "-")
+
+
+def in_namespace_of(pid: int, path: str) -> str:
+    """``path`` as the process sees it, spelled so that we can open it: through
+    ``/proc/PID/root`` when its root is not ours (a container)."""
+    try:
+        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+    except OSError:
+        return path
+    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
+        return path
+    return f"/proc/{pid}/root{path}"
+
+
+def other_copies(binary: str, limit: int = 4096) -> list[str]:
+    """Files besides the chosen one that ``binary`` could mean: commands of that name on PATH,
+    and files of that library name that running processes map (ldconfig knows one copy;
+    an interpreter built elsewhere links its own)."""
+    found: dict[str, None] = {}
+    for d in os.environ.get("PATH", "").split(os.pathsep):
+        cand = os.path.join(d, binary) if d else ""
+        if cand and os.path.isfile(cand) and os.access(cand, os.X_OK):
+            found[os.path.realpath(cand)] = None
+    try:
+        pids = [e for e in os.listdir("/proc") if e.isdigit()][:limit]
+    except OSError:
+        pids = []
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/maps") as f:
+                for row in f:
+                    path = row.rstrip("\n").split(maxsplit=5)[5:]
+                    if path and path[0].startswith("/") and \
+                            _lib_name_fits(binary, os.path.basename(path[0])):
+                        found[path[0]] = None
+        except OSError:
+            continue  # gone, or not ours to read
+    return list(found)
+
+
+def resolve_targets(binary: str, glob: str, pid: int = 0,
+                    notes: list[str] | None = None) -> list[UserTarget]:
+    """Functions of ``binary`` matching ``glob`` (ELF symbol tables, via BCC); ``pid`` and
+    ``notes`` as for :func:`resolve_binary`."""
+    path = resolve_binary(binary, pid, notes)
+    targets = _functions(path, glob)
     if not targets:
         raise NotFoundError(f"no function in {path} matches '{glob}'",
                             "check the name with: nm -D BINARY")
@@ -86,6 +190,99 @@ def resolve_targets(binary: str, glob: str) -> list[UserTarget]:
         raise UsageError(f"'{glob}' matches {len(targets)} functions in {path}",
                          f"narrow the glob (limit {MAX_TARGETS})")
     return targets
+
+
+def _functions(path: str, glob: str, regex: str | None = None) -> list[UserTarget]:
+    bcc = bccprog.import_bcc()
+    regex = regex or fnmatch.translate(glob)
+    try:
+        found = bcc.BPF.get_user_functions_and_addresses(path.encode(), regex.encode())
+    except Exception as exc:
+        raise NotFoundError(f"cannot read symbols of {path}: {exc}") from None
+    return sorted({UserTarget(path, n.decode(), a) for n, a in found},
+                  key=lambda t: (t.name, t.offset))
+
+
+def resolve_ifuncs(targets: list[UserTarget], user_syms: Any, pid: int,
+                   notes: list[str]) -> list[UserTarget]:
+    """GNU indirect functions (``strlen``, ``time``) swapped for the implementation a process
+    really runs: a uprobe on the IFUNC symbol sits on its resolver, which runs once at load,
+    never per call. The implementation is read, calling nothing, from the GOT slot the
+    dynamic loader filled for the resolver (an R_X86_64_IRELATIVE relocation) in ``pid``, or
+    in this process when it maps the same file (same CPU, same choice). When none can be
+    read, the resolver is traced and ``notes`` names the implementations to trace instead."""
+    out: list[UserTarget] = []
+    for t in targets:
+        image = user_syms.image(t.binary)
+        if image is None or image.symbol_kind(t.name) != "ifunc":
+            out.append(t)
+            continue
+        impl, where = None, ""
+        for proc in ([pid] if pid > 0 else []) + [os.getpid()]:
+            impl = user_syms.ifunc_target(proc, t.binary, t.name)
+            if impl:
+                where = f"process {proc}" if proc != os.getpid() else \
+                    "this shell's process (same file, same CPU)"
+                break
+        found = _functions(t.binary, "", f"^{re.escape(impl)}$") if impl else []
+        if found:
+            notes.append(f"{t.name} is an IFUNC: tracing {impl}, the implementation the "
+                         f"dynamic loader chose in {where}")
+            out.extend(found)
+            continue
+        others = image.functions_named(f"__{t.name}_")
+        notes.append(f"{t.name} is an IFUNC: tracing its resolver, which runs once at load, "
+                     "not per call"
+                     + (f"; its implementations: {', '.join(others[:6])}"
+                        f"{' ...' if len(others) > 6 else ''} -- trace BINARY:'__{t.name}_*'"
+                        if others else ""))
+        out.append(t)
+    return sorted(set(out), key=lambda t: (t.name, t.offset))
+
+
+STR_NAMES = {**{f"arg{i}": i for i in range(MAX_ARGS)}, "ret": RET_STR, "retval": RET_STR}
+
+
+def parse_str_spec(text: str | None, retprobe: bool) -> int:
+    """``--str ret,arg0`` as a STR_MASK (bit i: arg i, bit RET_STR: the return value)."""
+    if not text:
+        return 0
+    mask = 0
+    for word in text.split(","):
+        bit = STR_NAMES.get(word.strip().lower())
+        if bit is None:
+            raise UsageError(f"--str: unknown value '{word.strip()[:20]}'",
+                             "name ret or arg0..arg5, comma-separated")
+        if bit == RET_STR and not retprobe:
+            raise UsageError("--str ret needs a return value", "use trace uretprobe")
+        mask |= 1 << bit
+    return mask
+
+
+def string_knobs(targets: list[UserTarget], user_syms: Any, asked: int, retprobe: bool,
+                 notes: list[str]) -> dict[str, int]:
+    """STR_MASK/STR_COUNT for the probe: the args and retval the traced functions' DWARF
+    types as ``char *`` (the same for every target, since one program serves them all),
+    plus what ``--str`` asked for."""
+    masks = set()
+    for name, binary in {(t.name, t.binary) for t in targets}:
+        image = user_syms.image(binary)
+        sig = image.signature(name) if image is not None else None
+        m = 0
+        if sig is not None:
+            m = sum(1 << i for i, (_, vt) in enumerate(sig.params[:MAX_ARGS])
+                    if vt is not None and vt.string)
+            if retprobe and sig.ret is not None and sig.ret.string:
+                m |= 1 << RET_STR
+        masks.add(m)
+    typed = masks.pop() if len(masks) == 1 else 0
+    if masks:  # more than one
+        notes.append("C strings not copied: the traced functions differ in which values are "
+                     "char *; trace one, or say which with --str")
+    mask = typed | asked
+    if not retprobe:
+        mask &= ~(1 << RET_STR)
+    return {"STR_MASK": mask, "STR_COUNT": bin(mask).count("1")} if mask else {}
 
 
 class UprobeTracer(ProbeTracer):
