@@ -167,7 +167,8 @@ def test_existing_history_with_wide_mode_is_narrowed(tmp_path: Path) -> None:
 
 
 def test_unwritable_history_falls_back_to_memory(ctx: Context, tmp_path: Path) -> None:
-    history = open_history(str(tmp_path / "no" / "such" / "dir" / "hist"), ctx)
+    (tmp_path / "file").write_text("")
+    history = open_history(str(tmp_path / "file" / "hist"), ctx)  # a file, not a directory
     assert type(history).__name__ == "InMemoryHistory"
     assert err(ctx).startswith("warning: history not saved:")
 

@@ -6,14 +6,17 @@ prompt_toolkit's import.
 
 from __future__ import annotations
 
+import datetime
 import os
-import stat
+from collections.abc import Iterable
 from typing import Any
 
 from prompt_toolkit import PromptSession
-from prompt_toolkit.history import FileHistory, History, InMemoryHistory
+from prompt_toolkit.history import History, InMemoryHistory
 from prompt_toolkit.patch_stdout import patch_stdout
 
+from bpflbr_shell.errors import UserError
+from bpflbr_shell.safefile import ensure_private_dir, open_safe
 from bpflbr_shell.shell.completion import ShellCompleter
 from bpflbr_shell.shell.context import Context
 from bpflbr_shell.shell.runner import run_line
@@ -21,6 +24,8 @@ from bpflbr_shell.shell.runner import run_line
 PROMPT = "(bpflbr) "
 CONTINUATION_PROMPT = "> "
 HISTORY_ENV = "BPFLBR_HISTORY"
+#: only the newest part of a huge history file is read back (the rest stays in the file)
+HISTORY_READ_LIMIT = 4 << 20
 
 
 def history_path() -> str | None:
@@ -31,27 +36,66 @@ def history_path() -> str | None:
     return os.path.expanduser("~/.bpflbr_shell_history")
 
 
-def open_history(path: str | None, ctx: Context | None = None) -> History:
-    """A FileHistory readable only by its owner (commands may hold addresses, paths, pids).
+class PrivateFileHistory(History):
+    """prompt_toolkit's FileHistory format, read and appended through one fd opened once
+    with :func:`~bpflbr_shell.safefile.open_safe` (FileHistory reopens its path on every
+    command: a symlink planted later would be followed by root)."""
 
-    The file is created 0600 and narrowed to 0600 if it exists wider; if it cannot be used the
-    session keeps an in-memory history and says so once.
+    def __init__(self, fd: int, path: str) -> None:
+        self.fd, self.path = fd, path
+        super().__init__()
+
+    def load_history_strings(self) -> Iterable[str]:
+        size = os.fstat(self.fd).st_size
+        start = max(0, size - HISTORY_READ_LIMIT)
+        data = os.pread(self.fd, size - start, start)
+        strings: list[str] = []
+        lines: list[str] = []
+        for raw in data.split(b"\n"):
+            line = raw.decode("utf-8", errors="replace")
+            if line.startswith("+"):
+                lines.append(line[1:])
+            elif lines:
+                strings.append("\n".join(lines))
+                lines = []
+        if lines:
+            strings.append("\n".join(lines))
+        return reversed(strings)
+
+    def store_string(self, string: str) -> None:
+        text = f"\n# {datetime.datetime.now()}\n" + "".join(
+            f"+{line}\n" for line in string.split("\n"))
+        try:
+            os.write(self.fd, text.encode("utf-8", errors="replace"))
+        except OSError:
+            pass  # a full disk must not break the prompt; the command still runs
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+
+def open_history(path: str | None, ctx: Context | None = None) -> History:
+    """The history file, private to the user running the shell (commands may hold addresses,
+    paths, pids) and opened as :mod:`~bpflbr_shell.safefile` opens what root writes: not a
+    symlink, owned by us, one link, mode 0600 (a wider one is narrowed), in a directory only
+    we can change (created 0700 when missing). If it cannot be used the session keeps an
+    in-memory history and says so in one line.
     """
     if path is None:
         return InMemoryHistory()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
-        try:
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
-            if mode & 0o077:
-                os.fchmod(fd, mode & 0o700)
-        finally:
-            os.close(fd)
-    except OSError as exc:
+        parent = os.path.dirname(os.path.abspath(path))
+        if not os.path.isdir(parent):
+            ensure_private_dir(parent)
+        fd = open_safe(path, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o600)
+    except (OSError, UserError) as exc:
         if ctx is not None:
-            ctx.warn(f"history not saved: {path}: {exc.strerror}")
+            why = f"{path}: {exc.strerror}" if isinstance(exc, OSError) else str(exc)
+            ctx.warn(f"history not saved: {why}")
         return InMemoryHistory()
-    return FileHistory(path)
+    return PrivateFileHistory(fd, path)
 
 
 def make_session(ctx: Context, history: History | None = None, **kwargs: Any) -> PromptSession:
