@@ -26,6 +26,29 @@ _PREFIXES: dict[str, SelectorKind] = {
 }
 _HEX_TAG = re.compile(r"[0-9a-fA-F]{1,16}")
 SELECTOR_HELP = "ID, id:N, name:GLOB, tag:HEX, pinned:PATH, pid:PID, GLOB or *"
+#: fnmatch's regex for a pattern of many '[' is superlinear (20,000 took 11 s); names are short
+MAX_GLOB = 256
+BPF_FS_MAGIC = 0xCAFE4A11
+U32_MAX = (1 << 32) - 1
+
+
+def check_glob(glob: str, what: str = "glob") -> str:
+    """``glob``, or a SelectorError when it is longer than any name could need."""
+    if len(glob) > MAX_GLOB:
+        raise SelectorError(f"{what} too long ({len(glob)} characters; at most {MAX_GLOB})",
+                            "use a shorter pattern")
+    return glob
+
+
+def _number(text: str, what: str, example: str) -> int:
+    """A decimal id (ids and pids are u32): ASCII digits only, range-checked before int()
+    (a 10,000-digit id used to hit Python's int-digits limit)."""
+    if not (text.isascii() and text.isdigit()):
+        raise SelectorError(f"'{text[:24]}' is not a number", f"e.g. {example}")
+    if len(text) > 10 or int(text) > U32_MAX:
+        raise SelectorError(f"{what} {text[:12]}{'...' if len(text) > 12 else ''} is out of "
+                            f"range (1 to {U32_MAX})", f"e.g. {example}")
+    return int(text)
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,8 +65,8 @@ def parse_selector(text: str) -> Selector:
         raise SelectorError("empty program selector", f"use {SELECTOR_HELP}")
     if text == "*":
         return Selector("all", "*", text)
-    if text.isdigit():
-        return Selector("id", int(text), text)
+    if text.isascii() and text.isdigit():
+        return Selector("id", _number(text, "program id", "42"), text)
     prefix, sep, rest = text.partition(":")
     if sep and prefix in _PREFIXES:
         kind = _PREFIXES[prefix]
@@ -51,20 +74,23 @@ def parse_selector(text: str) -> Selector:
             raise SelectorError(f"selector '{text}' has nothing after '{prefix}:'",
                                 f"use {SELECTOR_HELP}")
         if kind in ("id", "pid"):
-            if not rest.isdigit():
-                raise SelectorError(f"selector '{text}': '{rest}' is not a number",
+            if not (rest.isascii() and rest.isdigit()):
+                raise SelectorError(f"selector '{text[:40]}': '{rest[:24]}' is not a number",
                                     f"e.g. {prefix}:42")
-            return Selector(kind, int(rest), text)
+            return Selector(kind, _number(rest, "id" if kind == "id" else "pid",
+                                          f"{prefix}:42"), text)
         if kind == "tag":
             tag = rest.lower()
             if not _HEX_TAG.fullmatch(tag):
                 raise SelectorError(f"selector '{text}': a tag is up to 16 hex digits",
                                     "see 'show progs' for tags")
             return Selector(kind, tag, text)
+        if kind == "name":
+            check_glob(rest, "name glob")
         return Selector(kind, rest, text)
     if sep and not any(ch in prefix for ch in "*?["):
-        raise SelectorError(f"unknown selector kind '{prefix}:'", f"use {SELECTOR_HELP}")
-    return Selector("name", text, text)
+        raise SelectorError(f"unknown selector kind '{prefix[:40]}:'", f"use {SELECTOR_HELP}")
+    return Selector("name", check_glob(text, "name glob"), text)
 
 
 def name_matches(glob: str, prog: ProgInfo) -> bool:
@@ -93,7 +119,16 @@ def select_progs(
         case "pinned":
             if pinned_id is None:
                 raise SelectorError("pinned: selectors need the live kernel")
-            want = pinned_id(str(sel.value))
+            path = str(sel.value)
+            try:
+                want = pinned_id(path)
+            except PrivilegeError:
+                # the kernel says EACCES for a file that is not a pinned object; as root, or
+                # off bpffs, that is what it means
+                if os.geteuid() == 0 or not on_bpffs(path):
+                    raise NotFoundError(f"{path} is not a BPF object",
+                                        "pinned objects live on bpffs (/sys/fs/bpf)") from None
+                raise
             return [p for p in progs if p.id == want]
         case "pid":
             if pid_prog_ids is None:
@@ -101,6 +136,27 @@ def select_progs(
             ids = pid_prog_ids(int(sel.value))
             return [p for p in progs if p.id in ids]
     raise AssertionError(sel.kind)
+
+
+def on_bpffs(path: str, mountinfo: str = "/proc/self/mountinfo") -> bool:
+    """Whether ``path`` lies on a bpf filesystem (the longest mount point above it)."""
+    real = os.path.realpath(path)
+    best, fstype = "", ""
+    try:
+        with open(mountinfo) as f:
+            for line in f:
+                fields = line.split()
+                try:
+                    mnt = fields[4].replace("\\040", " ")
+                    kind = fields[fields.index("-") + 1]
+                except (IndexError, ValueError):
+                    continue
+                inside = real == mnt or real.startswith(mnt.rstrip("/") + "/")
+                if inside and len(mnt) >= len(best):
+                    best, fstype = mnt, kind
+    except OSError:
+        return False
+    return fstype == "bpf"
 
 
 def prog_ids_held_by(pid: int, proc: str = "/proc") -> set[int]:

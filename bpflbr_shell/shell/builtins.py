@@ -6,7 +6,7 @@ import argparse
 
 from bpflbr_shell.errors import UsageError
 from bpflbr_shell.shell.context import SETTINGS, Context, format_value
-from bpflbr_shell.shell.registry import argument, command, complete_path
+from bpflbr_shell.shell.registry import argument, command, complete_path, int_range
 from bpflbr_shell.shell.runner import run_file
 
 
@@ -51,7 +51,7 @@ def _print_table(ctx: Context, cmds: list) -> None:
 
 
 @command("quit", help="leave the shell", aliases=("exit",))
-@argument("code", nargs="?", type=int, default=0, metavar="CODE",
+@argument("code", nargs="?", type=int_range(0, 255, "an exit status"), default=0, metavar="CODE",
           help="exit status (default 0)")
 def cmd_quit(ctx: Context, args: argparse.Namespace) -> None:
     ctx.exit_requested = True

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 
 from bpflbr_shell import render
 from bpflbr_shell.errors import NotFoundError
-from bpflbr_shell.kernel.selectors import SELECTOR_HELP
+from bpflbr_shell.kernel.selectors import SELECTOR_HELP, check_glob, parse_selector
 from bpflbr_shell.shell.context import Context
 from bpflbr_shell.shell.registry import argument, command
 
@@ -26,10 +26,20 @@ def complete_prog(ctx: Context, prefix: str) -> Iterable[tuple[str, str]]:
     for p in progs:
         meta = f"{p.type_name} {p.func_name}"
         out.append((str(p.id), meta))
-        out.append((p.func_name, f"id {p.id}"))
+        if _bare_name_selects(p.func_name):  # a prog named "99" is name:99, not id 99
+            out.append((p.func_name, f"id {p.id}"))
         out.append((f"name:{p.func_name}", f"id {p.id}"))
         out.append((f"tag:{p.tag}", f"id {p.id}"))
     return out
+
+
+def _bare_name_selects(name: str) -> bool:
+    """Whether typing ``name`` alone selects programs by that name (not an id, a tag...)."""
+    try:
+        sel = parse_selector(name)
+    except Exception:
+        return False
+    return sel.kind == "name" and not any(c in name for c in "*?[")
 
 
 def complete_ksym(ctx: Context, prefix: str) -> Iterable[str]:
@@ -82,6 +92,8 @@ def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> None:
     rows: list[dict[str, object]] = []
     if text.lower().startswith("0x") or text.isdigit():
         try:
+            if len(text) > 20:
+                raise ValueError(text)
             addr = int(text, 0)
         except ValueError:
             raise NotFoundError(f"'{text}' is not an address", "write it as 0xffff...") from None
@@ -94,7 +106,7 @@ def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> None:
                      "line": loc.line, "col": loc.col, "where": loc.format()})
     else:
         names = ([text] if not any(c in text for c in "*?[")
-                 else kernel.kallsyms.names_matching(text, limit=500))
+                 else kernel.kallsyms.names_matching(check_glob(text), limit=500))
         for name in names:
             for ksym in kernel.kallsyms.symbols_named(name):
                 rows.append({"addr": ksym.addr, "symbol": ksym.name, "offset": 0,

@@ -17,6 +17,7 @@ from typing import Any
 
 from bpflbr_shell.errors import UsageError
 from bpflbr_shell.events import Event
+from bpflbr_shell.kernel.selectors import check_glob
 from bpflbr_shell.lbr import USER_SPACE_END
 from bpflbr_shell.render import table
 from bpflbr_shell.render_events import (
@@ -29,16 +30,36 @@ from bpflbr_shell.render_events import (
 from bpflbr_shell.session import Session, Trace, install_cleanup, target_gone
 from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
 from bpflbr_shell.shell.context import Context, parse_bool, register_setting
-from bpflbr_shell.shell.registry import argument, command
+from bpflbr_shell.shell.registry import argument, command, int_range
 from bpflbr_shell.symbols import Location
 from bpflbr_shell.values import Signature
 
 register_setting("lbr-trim", True, "drop the tracer's own LBR entries (off: show all)",
                  parse_bool)
+
+
+def _branch_types(text: str) -> str:
+    """Checked when set, not at the next trace (UsageError names the valid kinds)."""
+    from bpflbr_shell.kernel.perf import parse_branch_types
+
+    parse_branch_types(text)
+    return text
+
+
+MAX_EVENT_STORE = 10_000_000
+
+
+def _store_size(text: str) -> int:
+    try:
+        return int_range(1, MAX_EVENT_STORE, "a number of events")(text)
+    except argparse.ArgumentTypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
 register_setting("lbr-branch-types", "any",
                  "LBR branch filter: any, any_call, any_return, cond, call, ind_call, "
-                 "ind_jump, call_stack (comma-separated)")
-register_setting("event-store", 10000, "events kept in memory for 'show events'", int)
+                 "ind_jump, call_stack (comma-separated)", _branch_types)
+register_setting("event-store", 10000, "events kept in memory for 'show events'", _store_size)
 
 
 @dataclass
@@ -295,6 +316,7 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
 
     rt = runtime(ctx)
     binary, glob = split_target(args.target)
+    check_glob(glob, "function glob")
     asked = parse_str_spec(args.str, retprobe)
     notes: list[str] = []  # which file, which IFUNC implementation, which strings
     targets = resolve_targets(binary, glob, pid=args.pid or 0, notes=notes)
@@ -319,13 +341,15 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
 def _common_trace_args(cmd: Any) -> Any:
     """Options every ``trace`` kind takes (applied after the kind's own positionals)."""
     for spec in (
-        argument("--pid", type=int, default=0, help="only this process (in-kernel filter)"),
+        argument("--pid", type=int_range(1, 1 << 22, "a pid"), default=0,
+                 help="only this process (in-kernel filter)"),
         argument("--lbr", action=argparse.BooleanOptionalAction, default=True,
                  help="capture the last branch records (default on; falls back to stacks)"),
         argument("--stack", action="store_true",
                  help="show stacks even when LBR records are there"),
         argument("--kstack", action="store_true", help="also show the kernel stack"),
-        argument("--limit", type=int, default=None, help="stop after N events"),
+        argument("--limit", type=int_range(1, None, "a number of events"), default=None,
+                 help="stop after N events"),
         argument("--duration", type=parse_duration, default=None,
                  help="stop after this long (5s, 500ms, 2m)"),
         argument("--bg", action="store_true", help="run in the background"),
@@ -429,7 +453,8 @@ def cmd_trace_kfunc(ctx: Context, args: argparse.Namespace) -> None:
 
     kernel = ctx.kernel
     traceable = kprobes.traceable_functions(kernel.kallsyms)
-    funcs = kprobes.match_functions(args.globs, traceable)
+    funcs = kprobes.match_functions([check_glob(g, "function glob") for g in args.globs],
+                                    traceable)
     backends = plan_backends(args.backend)
     if args.dry_run:
         ctx.print(f"{len(funcs)} function(s) from {traceable.source}; backend "
@@ -516,7 +541,8 @@ def cmd_trace_list(ctx: Context, args: argparse.Namespace) -> None:
 
 
 @command("trace stop", help="stop one trace (or all): detach its probes, keep its events")
-@argument("id", nargs="?", type=int, help="trace id (default: all)")
+@argument("id", nargs="?", type=int_range(1, None, "a trace id"),
+          help="trace id (default: all)")
 def cmd_trace_stop(ctx: Context, args: argparse.Namespace) -> None:
     rt = runtime(ctx)
     traces = [rt.session.get(args.id)] if args.id else list(rt.session.traces.values())
@@ -527,7 +553,7 @@ def cmd_trace_stop(ctx: Context, args: argparse.Namespace) -> None:
 
 
 @command("trace delete", help="stop and forget a trace")
-@argument("id", type=int, help="trace id")
+@argument("id", type=int_range(1, None, "a trace id"), help="trace id")
 def cmd_trace_delete(ctx: Context, args: argparse.Namespace) -> None:
     rt = runtime(ctx)
     rt.session.delete(rt.session.get(args.id))
@@ -536,15 +562,14 @@ def cmd_trace_delete(ctx: Context, args: argparse.Namespace) -> None:
 
 # show events / event / stats -------------------------------------------------------------------
 @command("show events", help="the last N stored events (default 20)")
-@argument("n", nargs="?", type=int, default=20, help="how many")
+@argument("n", nargs="?", type=int_range(1, None, "a number of events"), default=20,
+          help="how many")
 def cmd_show_events(ctx: Context, args: argparse.Namespace) -> None:
     rt = runtime(ctx)
     events = rt.session.store.last(args.n)
     opts = render_options(ctx)
     if args.json:
-        symbolize = symbolizer_for(ctx, rt)
-        ctx.print_json([event_to_json(e, symbolize, options_for(rt, e, opts),
-                                      params_of(rt, e)) for e in events])
+        write_events_json(ctx, rt, events, opts)
         return
     if not events:
         ctx.print("no events stored")
@@ -552,8 +577,22 @@ def cmd_show_events(ctx: Context, args: argparse.Namespace) -> None:
         print_event(ctx, rt, e, False, opts)
 
 
+def write_events_json(ctx: Context, rt: Runtime, events: list[Event],
+                      opts: RenderOptions) -> None:
+    """A JSON array written one event at a time, each as ``trace --json`` prints it (the
+    same :func:`event_json` text): building the whole document first took 1.9 GB for a large
+    store and was OOM-killed."""
+    symbolize = symbolizer_for(ctx, rt)
+    out = ctx.stdout
+    sep = "[\n"
+    for e in events:
+        out.write(sep + event_json(e, symbolize, options_for(rt, e, opts), params_of(rt, e)))
+        sep = ",\n"
+    out.write("\n]\n" if events else "[]\n")
+
+
 @command("show event", help="one stored event in full")
-@argument("id", type=int, help="event id (#N)")
+@argument("id", type=int_range(1, None, "an event id"), help="event id (#N)")
 @argument("--kstack", action="store_true", help="also show the kernel stack")
 def cmd_show_event(ctx: Context, args: argparse.Namespace) -> None:
     rt = runtime(ctx)

@@ -26,6 +26,8 @@ KernelFactory = Callable[["Context"], Any]
 LineReader = Callable[[str], "str | None"]
 
 _kernel_factory: KernelFactory | None = None
+#: error lines longer than this are cut in the middle (they echo user input)
+MAX_MESSAGE = 600
 
 
 def set_kernel_factory(factory: KernelFactory | None) -> None:
@@ -209,9 +211,12 @@ class Context:
     def error_line(self, message: str, label: str = "error") -> None:
         """One line, whatever the message holds: user input and traced-world names echoed in
         it are escaped (a newline cannot forge a second line, an ESC cannot reach the
-        terminal)."""
+        terminal) and a huge echo is cut."""
+        text = safe_line(message)
+        if len(text) > MAX_MESSAGE:
+            text = text[:MAX_MESSAGE - 20] + " ... " + text[-15:]
         self.stderr.write(f"{self.style(label + ':', 'red', 'bold', stream=self.stderr)} "
-                          f"{safe_line(message)}\n")
+                          f"{text}\n")
 
     def flush(self) -> None:
         for stream in (self.stdout, self.stderr):

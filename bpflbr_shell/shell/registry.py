@@ -36,6 +36,10 @@ CommandCompleter = Callable[["Context", list[str], str], Iterable["str | tuple[s
 ParserBuilder = Callable[[argparse.ArgumentParser], None]
 
 
+class UnknownCommandError(UsageError):
+    """The first word(s) of a line name no command (scripts report it without the text)."""
+
+
 class HelpRequested(Exception):  # noqa: N818 - control flow, not an error
     """``CMD -h``: raised instead of letting argparse print and exit."""
 
@@ -81,6 +85,27 @@ class CommandParser(argparse.ArgumentParser):
     def _print_message(self, message: str, file: Any = None) -> None:
         # argparse prints only on its way to exit(); we raise instead, so stay quiet.
         return None
+
+
+def int_range(lo: int, hi: int | None = None, what: str = "a whole number"
+              ) -> Callable[[str], int]:
+    """argparse ``type=`` for an integer in ``lo..hi``; the complaint names the allowed range
+    and quotes at most a few characters of what was typed (a 10,000-digit "number" used to
+    end in Python's int-digits limit)."""
+    allowed = f"{what} from {lo} to {hi}" if hi is not None else f"{what} >= {lo}"
+
+    def parse(text: str) -> int:
+        shown = text if len(text) <= 24 else text[:20] + "..."
+        digits = text.strip().removeprefix("-").removeprefix("+")
+        if not (digits.isascii() and digits.isdigit()) or len(digits) > 19:
+            raise argparse.ArgumentTypeError(f"'{shown}' is not {allowed}")
+        value = int(text)
+        if value < lo or hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"{shown} is out of range: use {allowed}")
+        return value
+
+    parse.__name__ = "int"  # argparse names the type in some messages
+    return parse
 
 
 @dataclass(frozen=True)
@@ -293,9 +318,10 @@ class Registry:
             candidates = sorted({" ".join(c.words[: depth + 1]) for c in subs})
         close = difflib.get_close_matches(typed, candidates, n=1, cutoff=0.6)
         if close:
-            return UsageError(f"unknown command '{typed}'", f"did you mean '{close[0]}'?")
+            return UnknownCommandError(f"unknown command '{typed}'",
+                                       f"did you mean '{close[0]}'?")
         hint = f"see 'help {' '.join(words[:depth])}'" if depth else "type 'help' for a list"
-        return UsageError(f"unknown command '{typed}'", hint)
+        return UnknownCommandError(f"unknown command '{typed}'", hint)
 
 
 def _first_doc_line(func: Callable[..., Any]) -> str:

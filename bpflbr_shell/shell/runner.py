@@ -6,6 +6,7 @@ and :func:`run_guarded`, so they all split, dispatch and report errors the same 
 
 from __future__ import annotations
 
+import errno
 import re
 import shlex
 import traceback
@@ -14,10 +15,15 @@ from typing import Any
 
 from bpflbr_shell.errors import ScriptError, UsageError, UserError
 from bpflbr_shell.shell.context import Context
-from bpflbr_shell.shell.registry import HelpRequested
+from bpflbr_shell.shell.registry import HelpRequested, UnknownCommandError
 
 #: ``source`` nesting limit: a script sourcing itself should fail, not blow the stack.
 MAX_SOURCE_DEPTH = 16
+#: Longest command line: shlex and fnmatch are superlinear (a 100k-character line took 22 s
+#: to split, 20,000 '[' 11 s to match); no real command comes near this.
+MAX_LINE = 4096
+#: Largest script ``source``/``-x`` reads (``-x /dev/zero`` read until MemoryError).
+MAX_SCRIPT_BYTES = 1 << 20
 
 
 def strip_comment(line: str) -> str:
@@ -60,6 +66,11 @@ def execute_line(ctx: Context, line: str) -> None:
     text = line.strip()
     if not text or text.startswith("#"):
         return
+    if len(text) > MAX_LINE:
+        raise UsageError(f"line too long ({len(text)} characters; at most {MAX_LINE})",
+                         "shorten it (globs select many names at once)")
+    if "\0" in text:
+        raise UsageError("the line holds a NUL character", "remove it")
     loose = text.split()
     cmd, n = ctx.registry.resolve(loose)
     if cmd.raw:
@@ -100,16 +111,26 @@ def run_guarded(ctx: Context, action: Callable[[], Any]) -> bool:
         if not ctx.interactive:
             raise  # `bpflbr-shell -c CMD | head`: the reader left; cli.main exits quietly
         ctx.error_line("output pipe closed")
+    except OSError as exc:
+        if exc.errno not in (errno.EMFILE, errno.ENFILE):
+            return _internal_error(ctx, exc)
+        ctx.error_line(f"out of file descriptors ({errno.errorcode[exc.errno]})"
+                       " (stop traces with 'trace stop', or raise the limit: ulimit -n)")
     except Exception as exc:  # noqa: BLE001 - the shell must survive its own bugs
-        where = getattr(exc, "bpflbr_location", None)
-        prefix = f"{where}: " if where else ""
-        if ctx.settings["debug"]:
-            traceback.print_exception(exc, file=ctx.stderr)
-        else:
-            ctx.error_line(f"{prefix}{type(exc).__name__}: {exc} "
-                           "(a bug; 'set debug on' shows the traceback)", "internal error")
+        _internal_error(ctx, exc)
     finally:
         ctx.flush()
+    return False
+
+
+def _internal_error(ctx: Context, exc: BaseException) -> bool:
+    where = getattr(exc, "bpflbr_location", None)
+    prefix = f"{where}: " if where else ""
+    if ctx.settings["debug"]:
+        traceback.print_exception(exc, file=ctx.stderr)
+    else:
+        ctx.error_line(f"{prefix}{type(exc).__name__}: {exc} "
+                       "(a bug; 'set debug on' shows the traceback)", "internal error")
     return False
 
 
@@ -136,15 +157,24 @@ def execute_script(ctx: Context, name: str, lines: Iterable[str]) -> None:
 
     ctx.source_depth += 1
     ctx.push_reader(more)
+    ran_any = False
     try:
         for lineno, line in numbered:
             if ctx.exit_requested:
                 break
             try:
-                execute_line(ctx, line.rstrip("\n"))
+                text = line.strip()
+                if text and not text.startswith("#"):
+                    execute_line(ctx, text)
+                    ran_any = True
             except ScriptError:
                 raise
             except UserError as exc:
+                if isinstance(exc, UnknownCommandError) and not ran_any:
+                    # a file whose first line is no command is not a script: say so without
+                    # quoting it (`-x /etc/shadow` printed the first line of the file)
+                    raise ScriptError(f"{name} is not a command script (line {lineno} does "
+                                      "not start with a command)", "see 'help'") from None
                 raise ScriptError(f"{name}:{lineno}: {exc.problem}", exc.fix) from exc
             except Exception as exc:
                 if not hasattr(exc, "bpflbr_location"):
@@ -164,10 +194,27 @@ def run_file(ctx: Context, path: str) -> None:
 
     full = os.path.expanduser(path)
     try:
-        with open(full, encoding="utf-8") as fh:
-            lines = fh.read().splitlines()
+        with open(full, "rb") as fh:
+            data = fh.read(MAX_SCRIPT_BYTES + 1)
     except FileNotFoundError:
         raise NotFoundError(f"no such script: {path}", "check the path") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise NotFoundError(f"cannot read script {path}: {exc}", "check the file") from None
-    execute_script(ctx, path, lines)
+    except IsADirectoryError:
+        raise NotFoundError(f"{path} is a directory, not a script", "check the path") from None
+    except OSError as exc:
+        raise NotFoundError(f"cannot read script {path}: {exc.strerror}", "check the file") \
+            from None
+    except ValueError:  # open() on a path holding NUL
+        raise UsageError("the script path holds a NUL character", "check the path") from None
+    # what is wrong with a file that is not a script is said without quoting it
+    if len(data) > MAX_SCRIPT_BYTES:
+        raise UsageError(f"{path} is not a command script (larger than {MAX_SCRIPT_BYTES} "
+                         "bytes)", "check the path")
+    if b"\0" in data:
+        raise UsageError(f"{path} is not a command script (it holds NUL bytes)",
+                         "check the path")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise UsageError(f"{path} is not a command script (not UTF-8 text at byte "
+                         f"{exc.start})", "check the path") from None
+    execute_script(ctx, path, text.splitlines())
