@@ -1200,3 +1200,337 @@ def test_show_stats_accounts_for_every_hit_under_overload(shell: InProcShell, ta
     head, body = out.splitlines()[:2]
     assert head.split()[:4] == ["ID", "HITS", "EVENTS", "DROPS"]
     assert body.split()[1:4] == [str(calls), str(row["delivered"]), str(row["drops"])]
+
+
+# ==== H2: user-space values and symbols on third-party code (libc, bash, pyenv python) =========
+# A target of our own only makes the calls; what is traced is Debian's libc (with libc6-dbg's
+# DWARF) and the pyenv python's libpython. bpftrace is the oracle for values of the same calls.
+
+LIBC_TARGET_C = r"""
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+int main(int argc, char **argv)
+{
+    char cmd;
+    long sum = 0;
+    int n = argc > 1 ? atoi(argv[1]) : 5;
+
+    printf("ready pid=%d\n", getpid());
+    fflush(stdout);
+    while (read(0, &cmd, 1) == 1) {
+        for (int i = 0; i < n; i++) {
+            if (cmd == 'p')
+                sum += getpid();
+            else if (cmd == 'o')
+                sum += open("/nonexistent/bpflbr-h2", O_RDONLY);
+            else if (cmd == 'l')
+                sum += strlen(argv[0] + (i % 2));
+            else if (cmd == 'u')
+                sum += puts(i % 2 ? "short" : "\x1b]0;title\x07 and a long "
+                                                   "line that does not fit in sixty-two bytes");
+            else if (cmd == 'g')
+                sum += getenv("BPFLBR_H2") != NULL;
+        }
+        if (cmd == 'q')
+            break;
+        fprintf(stderr, "done %c %ld\n", cmd, sum);
+    }
+    return 0;
+}
+"""
+
+
+@pytest.fixture(scope="session")
+def libc_target_bin(require_root: None, require_bcc: None,
+                    tmp_path_factory: pytest.TempPathFactory) -> Path:
+    gcc = require_tool("gcc", "to build the target that calls libc")
+    d = tmp_path_factory.mktemp("libc_target")
+    (d / "libc_target.c").write_text(LIBC_TARGET_C)
+    binary = d / "libc_target"
+    res = subprocess.run([gcc, "-O0", "-fno-builtin", "-o", str(binary), str(d / "libc_target.c")],
+                         capture_output=True, text=True)
+    if res.returncode != 0:
+        pytest.fail(f"gcc failed:\n{res.stderr}")
+    return binary
+
+
+class LibcTarget:
+    """``run('p')`` makes n calls of one libc function; its stdout is puts()' (unread), its
+    stderr says when the calls are done."""
+
+    def __init__(self, binary: Path, n: int = N) -> None:
+        self.proc = subprocess.Popen([str(binary), str(n)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     env=dict(os.environ, BPFLBR_H2="h2-value"))
+        m = re.fullmatch(r"ready pid=(\d+)\n", read_line(self.proc.stdout, 10))
+        assert m
+        self.pid = int(m.group(1))
+
+    def run(self, cmd: str) -> None:
+        self.proc.stdin.write(cmd)
+        self.proc.stdin.flush()
+        line = read_line(self.proc.stderr, 30)
+        assert line.startswith(f"done {cmd}"), line
+
+    def quit(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.stdin.write("q")
+            self.proc.stdin.flush()
+            self.proc.wait(timeout=10)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        for f in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            try:
+                f.close()
+            except OSError:
+                pass
+
+
+@pytest.fixture
+def libc_targets(libc_target_bin: Path) -> Iterator[Callable[..., LibcTarget]]:
+    started: list[LibcTarget] = []
+
+    def start(n: int = N) -> LibcTarget:
+        t = LibcTarget(libc_target_bin, n)
+        started.append(t)
+        return t
+
+    yield start
+    for t in started:
+        t.close()
+
+
+def require_libc_dwarf() -> None:
+    from bpflbr_shell.usersyms import BinaryImage
+
+    try:
+        BinaryImage(os.path.realpath(resolve_libc())).prog.function("__libc_read")
+    except LookupError:
+        pytest.skip("needs libc's DWARF (apt-get install libc6-dbg)")
+
+
+def resolve_libc() -> str:
+    from bpflbr_shell.probes.uprobe import resolve_binary
+
+    return resolve_binary("c")
+
+
+def test_h2_uretprobe_on_a_libc_assembly_stub(libc_targets) -> None:
+    """getpid's DWARF (an assembly stub's DW_TAG_unspecified_type) made drgn raise and the
+    trace end at its first event with 'internal error'. Now: N events, each returning the
+    target's pid, and one notice that the values are raw."""
+    require_libc_dwarf()
+    t = libc_targets()
+    sh = ShellProc(f"trace uretprobe c:getpid --pid {t.pid} --limit {N} --duration 60s --json "
+                   "--no-lbr")
+    try:
+        sh.wait_for(r"^trace 1: uretprobe on 1 function\(s\) of ")
+        t.run("p")
+        rc = sh.finish()
+    finally:
+        sh.kill()
+    assert rc == 0, sh.err
+    events = json_events(sh.lines)
+    assert [e["retval"] for e in events] == [t.pid] * N, sh.err
+    assert all(e["pid"] == t.pid and e["kind"] == "exit" for e in events)
+    assert "internal error" not in sh.err
+    notices = [ln for ln in sh.err.splitlines() if "DWARF type is unreadable" in ln]
+    assert len(notices) == 1, sh.err
+    assert f"trace 1 stopped: {N} events" in sh.err
+
+
+def bpftrace_values(pid: int, program: str, trigger: Callable[[], None],
+                    timeout: float = 60) -> list[str]:
+    """Run a bpftrace program on process ``pid`` (-p: its uprobes sit in that process only),
+    trigger the calls once it has attached, stop it with SIGINT, and return the lines it
+    printed (without its own banner)."""
+    tool = require_tool("bpftrace", "the oracle for values of the same calls")
+    # BEGIN runs once every probe is attached ("Attaching N probes..." comes before that)
+    proc = subprocess.Popen([tool, "-p", str(pid), "-e",
+                             'BEGIN { printf("h2-ready\\n"); } ' + program],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while (line := read_line(proc.stdout, timeout)) != "h2-ready\n":
+            assert line.startswith("Attaching"), line
+        trigger()
+        time.sleep(0.5)  # bpftrace prints from its own perf buffer reader
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return [ln for ln in out.splitlines() if ln.strip()]
+
+
+def test_h2_failing_open64_returns_minus_one_as_bpftrace_says(libc_targets) -> None:
+    """open64's DWARF is under __libc_open64 (int, variadic): a failed open is -1, not
+    4294967295. bpftrace's retval of the same calls (one after the other: two tracers on one
+    function at once is another point) is the oracle."""
+    require_libc_dwarf()
+    t = libc_targets()
+    sh = ShellProc(f"trace uretprobe c:open64 --pid {t.pid} --limit {N} --duration 60s --json "
+                   "--no-lbr")
+    try:
+        sh.wait_for(r"^trace 1: ")
+        t.run("o")
+        assert sh.finish() == 0, sh.err
+    finally:
+        sh.kill()
+    ours = json_events(sh.lines)
+    theirs = bpftrace_values(t.pid, f'uretprobe:{resolve_libc()}:open64 /pid == {t.pid}/ '
+                             '{ printf("%d\\n", retval); }', lambda: t.run("o"))
+    assert theirs == ["-1"] * N
+    assert [str(e["retval"]) for e in ours] == theirs
+    assert all(e["args"]["oflag"] == 0 for e in ours)
+    assert all(e["strings"]["file"]["text"] == "/nonexistent/bpflbr-h2" for e in ours)
+
+
+def test_h2_pid_trace_ends_when_the_process_exits(libc_targets) -> None:
+    """bpftrace -p ends with its process; ours ran on, printing nothing, until Ctrl-C."""
+    t = libc_targets()
+    sh = ShellProc(f"trace uprobe c:getpid --pid {t.pid} --no-lbr --quiet")
+    try:
+        sh.wait_for(r"^trace 1: ")
+        t.run("p")
+        t.quit()
+        sh.wait_for(rf"^trace 1: process {t.pid} exited$", timeout=10)
+        assert sh.finish(timeout=20) == 0, sh.err
+    finally:
+        sh.kill()
+    assert f"trace 1 stopped: {N} events" in sh.err
+
+
+def test_h2_background_pid_trace_ends_when_the_process_exits(shell: InProcShell,
+                                                             libc_targets) -> None:
+    t = libc_targets()
+    trace_id = start_trace(shell, f"trace uprobe c:getpid --pid {t.pid} --no-lbr --quiet --bg")
+    t.run("p")
+    t.quit()
+    trace = shell.trace(trace_id)
+    assert wait_until(lambda: not trace.running, timeout=10), "the trace outlived its process"
+    _, err = shell.new_output()
+    assert f"trace {trace_id}: process {t.pid} exited; stopped: {N} events" in err
+    assert trace.delivered == N
+
+
+def test_h2_ifunc_traces_the_implementation_the_process_runs(libc_targets) -> None:
+    """A uprobe on strlen (an IFUNC) sat on its resolver, which ran once at load: 0 events.
+    Now the implementation the loader chose for this process is traced, and said."""
+    require_libc_dwarf()
+    t = libc_targets()
+    sh = ShellProc(f"trace uprobe c:strlen --pid {t.pid} --limit {N} --duration 60s --json "
+                   "--no-lbr")
+    try:
+        m = sh.wait_for(r"strlen is an IFUNC: tracing (\S+), the implementation the dynamic "
+                        rf"loader chose in process {t.pid}")
+        sh.wait_for(r"^trace 1: uprobe on 1 function")  # attached (the notice comes first)
+        t.run("l")
+        assert sh.finish() == 0, sh.err
+    finally:
+        sh.kill()
+    impl = m.group(1)
+    events = json_events(sh.lines)
+    assert len(events) == N and {e["func"] for e in events} == {impl}, sh.err
+    # the oracle: the calls the same implementation sees under bpftrace
+    theirs = bpftrace_values(t.pid, f'uprobe:{resolve_libc()}:{impl} /pid == {t.pid}/ '
+                             '{ printf("hit\\n"); }', lambda: t.run("l"))
+    assert theirs == ["hit"] * N
+
+
+def test_h2_string_args_and_retvals_from_libc_dwarf(shell: InProcShell, libc_targets) -> None:
+    """puts(const char *) and getenv: the char * values are copied by the probe, shown
+    escaped (an OSC sequence from the traced world never reaches the terminal raw), cut
+    and marked at 62 bytes; bpftrace's str() of the same calls is the oracle."""
+    require_libc_dwarf()
+    t = libc_targets(2)
+    start_trace(shell, f"trace uprobe c:puts --pid {t.pid} --no-lbr --quiet --bg")
+    start_trace(shell, f"trace uretprobe c:getenv --pid {t.pid} --no-lbr --quiet --bg")
+    t.run("u")
+    t.run("g")
+    shell.wait_delivered(1, 2)
+    shell.wait_delivered(2, 2)
+    ok, out, err = shell.run("show events 4")
+    assert ok, err
+    calls = re.findall(r"^   (\w+\(.*)$", out, re.M)
+    raw = "\x1b]0;title\x07 and a long line that does not fit in sixty-two bytes"
+    shown = raw[:62].replace("\x1b", "\\x1b").replace("\x07", "\\x07")
+    assert calls[:2] == [f'_IO_puts(str="{shown}"...)', '_IO_puts(str="short")'], out
+    assert "\x1b" not in out
+    events = shell.json("show events 4 --json")
+    puts = [e for e in events if e["kind"] == "entry"]
+    getenv = [e for e in events if e["kind"] == "exit"]
+    texts = [e["strings"]["str"] for e in puts]
+    assert texts[1] == {"text": "short", "truncated": False, "ret": 6}
+    assert texts[0]["truncated"] and len(texts[0]["text"]) == 62
+    assert texts[0]["text"] == raw[:62]
+    assert [e["strings"] for e in getenv] == [
+        {"name": {"text": "BPFLBR_H2", "truncated": False, "ret": 10},
+         "retval": {"text": "h2-value", "truncated": False, "ret": 9}}] * 2
+    ok, _, err = shell.run("trace stop")  # one tracer on a function at a time here
+    assert ok, err
+    theirs = bpftrace_values(t.pid, f'uretprobe:{resolve_libc()}:getenv /pid == {t.pid}/ '
+                             '{ printf("%s\\n", str(retval)); }', lambda: t.run("g"))
+    assert theirs == ["h2-value"] * 2
+
+
+PYENV_PYTHON = Path.home() / ".pyenv/versions/3.11.7/bin/python3.11"
+
+
+def test_h2_pid_traces_the_library_copy_the_process_maps(shell: InProcShell) -> None:
+    """The pyenv python links its own libpython3.11.so.1.0; the short name resolved Debian's
+    copy in /usr/lib and the trace saw nothing, silently."""
+    if not PYENV_PYTHON.exists():
+        pytest.skip(f"needs the pyenv python at {PYENV_PYTHON} (its own libpython3.11)")
+    proc = subprocess.Popen([str(PYENV_PYTHON), "-c",
+                             "import sys\nfor line in sys.stdin:\n"
+                             "    print(sum(int(c) for c in line.split()), flush=True)\n"],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert wait_until(lambda: "libpython3.11.so.1.0" in
+                          Path(f"/proc/{proc.pid}/maps").read_text(), timeout=10)
+        trace_id = start_trace(shell, "trace uprobe libpython3.11.so.1.0:PyLong_FromLong "
+                                      f"--pid {proc.pid} --no-lbr --quiet --bg")
+        spec = shell.trace(trace_id).tracer.targets[0].binary
+        maps = Path(f"/proc/{proc.pid}/maps").read_text()
+        assert spec in maps and spec.startswith(str(PYENV_PYTHON.parent.parent)), spec
+        proc.stdin.write("1 2 3\n")
+        proc.stdin.flush()
+        assert read_line(proc.stdout, 10).strip() == "6"
+        assert wait_until(lambda: shell.trace(trace_id).delivered > 0, timeout=10), \
+            shell.trace(trace_id).counters()
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)
+
+
+def test_h2_string_probe_still_snapshots_first(require_root: None, require_bcc: None) -> None:
+    """The string copies come after the branch snapshot: compiled for real with STR_MASK."""
+    from test_probes import (
+        BPF_FUNC_get_branch_snapshot,
+        BPF_FUNC_get_smp_processor_id,
+        BPF_FUNC_map_lookup_elem,
+        calls_that_can_precede,
+        helper_calls,
+    )
+
+    from bpflbr_shell.probes.bccprog import compile_program
+
+    b = compile_program("uprobe.c", {"CAPTURE_LBR": 1, "LBR_ENTRIES": 32, "EMIT_ENTRY": 1,
+                                     "PAIR_EXIT": 1, "STR_MASK": 1 | 1 << 6, "STR_COUNT": 2})
+    try:
+        for fn in ("on_entry", "on_return"):
+            insns = b.dump_func(fn.encode())
+            calls = helper_calls(insns)
+            assert 114 in calls, fn  # bpf_probe_read_user_str
+            assert sorted(calls_that_can_precede(insns, BPF_FUNC_get_branch_snapshot)) == \
+                sorted([BPF_FUNC_get_smp_processor_id, BPF_FUNC_map_lookup_elem]), fn
+    finally:
+        b.cleanup()
