@@ -46,7 +46,9 @@
 #define EV_ENTRY 1
 #define EV_EXIT 2
 
-/* per-CPU counters, summed by the tool */
+/* per-CPU counters, summed by the tool: per firing of an emitting probe, HITS and one outcome
+ * (DROPS: ring full or busy; FILTERED: --pid, or an unpairable return; else it is published).
+ * MISSED_ENTRY: exits without their entry (some still published, without a duration). */
 #define STAT_HITS 0
 #define STAT_DROPS 1
 #define STAT_FILTERED 2

@@ -38,7 +38,12 @@ struct claim {
 
 /* Claim this CPU's next free slot and take the branch snapshot straight into it. Callers make
  * this their very first statement. 0 when the event is dropped (ring full, or a probe of ours
- * interrupted on this CPU is mid-event); the drop is counted. */
+ * interrupted on this CPU is mid-event); the drop is counted.
+ * The counters partition every firing of an emitting probe: each counts STAT_HITS once, here,
+ * and then exactly one outcome: STAT_DROPS, STAT_FILTERED, or a published slot (the ring's
+ * prod). So hits == published + drops + filtered once the probes are detached. HITS comes
+ * first on every path: a reader that takes the outcomes before HITS never sees more outcomes
+ * than hits. */
 static __always_inline int claim(struct claim *c, int with_lbr)
 {
     u32 cpu = bpf_get_smp_processor_id();
@@ -46,6 +51,7 @@ static __always_inline int claim(struct claim *c, int with_lbr)
     if (!q)
         return 0;
     if (q->busy) {
+        count(STAT_HITS);
         count(STAT_DROPS);
         return 0;
     }
@@ -54,6 +60,7 @@ static __always_inline int claim(struct claim *c, int with_lbr)
     u64 pos = q->prod;
     if (pos - q->cons >= RING_SLOTS) {
         q->busy = 0;
+        count(STAT_HITS);
         count(STAT_DROPS);
         return 0;
     }
@@ -67,6 +74,7 @@ static __always_inline int claim(struct claim *c, int with_lbr)
 #else
     c->lbr_ret = -95;
 #endif
+    count(STAT_HITS);
     return 1;
 }
 
@@ -122,14 +130,16 @@ static __always_inline int filtered_out(u64 id)
     return (FILTER_TGID && tgid != FILTER_TGID) || (EXCLUDE_TGID && tgid == EXCLUDE_TGID);
 }
 
-/* Whether this hit is ours to record (the pid filter); counts it either way. */
+/* Whether this entry is ours to record (the pid filter). An emitting entry (claim() counted
+ * its hit) counts the filtered outcome; a silent one (the stash for an exit) counts nothing:
+ * its exit is the event, counted there. */
 static __always_inline int wanted(u64 id)
 {
     if (filtered_out(id)) {
-        count(STAT_FILTERED);
+        if (EMIT_ENTRY)
+            count(STAT_FILTERED);
         return 0;
     }
-    count(STAT_HITS);
     return 1;
 }
 
@@ -172,15 +182,16 @@ static __always_inline int exit_wanted(u64 id, u64 key_ip, u64 now, struct entry
         count(STAT_FILTERED);
         return 0;
     }
-    if (!PAIR_EXIT) {
-        count(STAT_HITS);
+    if (!PAIR_EXIT)
         return 1;
-    }
     if (take_entry(id, key_ip, st)) {
         *duration = now - st->ts_ns;
         return 1;
     }
-    return key_ip != 0;
+    if (key_ip != 0)
+        return 1;
+    count(STAT_FILTERED); /* a uretprobe's return of a call made before the trace: not recorded */
+    return 0;
 }
 
 /* Stash an entry for its exit (PAIR_EXIT); the stash key is as take_entry takes it. */

@@ -29,7 +29,10 @@ class Tracer(Protocol):
     bytes: int
 
     def start(self) -> None: ...
-    def poll(self, timeout_ms: int) -> None: ...
+    def poll(self, timeout_ms: int, budget_s: float | None = None) -> int: ...
+    def pending(self) -> int: ...
+    def discard_pending(self) -> int: ...
+    def stop_probes(self) -> None: ...
     def close(self) -> None: ...
     def counters(self) -> dict[str, int]: ...
     def prog_fds(self) -> list[int]: ...
@@ -82,18 +85,95 @@ class EventStore:
         return iter(self.last())
 
 
+# The reader's share of the interpreter: it hands events over in slices of READ_SLICE_S at most
+# and, while the rings still hold more, rests READ_REST_S between slices, so the shell (and a
+# printer) always get the GIL within a slice and a command answers at once under a flood.
+READ_SLICE_S = 0.02
+READ_REST_S = 0.01
+POLL_WAIT_MS = 20  # the reader's wait for events, and so how soon it sees a stop
+STOP_DRAIN_S = 0.1  # after detaching, the rings are read this long; the rest is counted
+STOP_WAIT_S = 0.3  # how long stop() waits for the reader to finish (then it finishes alone)
+PRINT_QUEUE = 1000  # events waiting to be printed; beyond that they are stored, not printed
+
+
+class PrintQueue:
+    """Events waiting for the printer. Bounded: a terminal slower than the events costs
+    printed lines (counted in ``not_printed``), never events, and never blocks the reader."""
+
+    def __init__(self, capacity: int = PRINT_QUEUE) -> None:
+        self.capacity = capacity
+        self.not_printed = 0
+        self._events: deque[Event] = deque()
+        self._cond = threading.Condition()
+        self._closed = False
+
+    def put(self, event: Event) -> None:
+        with self._cond:
+            if len(self._events) >= self.capacity:
+                self.not_printed += 1
+                return
+            self._events.append(event)
+            self._cond.notify()
+
+    def take(self, timeout: float) -> list[Event]:
+        """What is queued now, waiting up to ``timeout`` for something; [] once closed and
+        empty (then also at once)."""
+        with self._cond:
+            if not self._events and not self._closed:
+                self._cond.wait(timeout)
+            out = list(self._events)
+            self._events.clear()
+            return out
+
+    def drop_all(self) -> int:
+        """Forget what waits (Ctrl-C, trace stop: the user wants the prompt back)."""
+        with self._cond:
+            n = len(self._events)
+            self._events.clear()
+            self.not_printed += n
+            return n
+
+    def close(self) -> None:
+        """No more events will come: a printer empties the queue and ends."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def __len__(self) -> int:
+        return len(self._events)
+
+
 @dataclass
 class Trace:
+    """One trace and its books: every hit the probes counted ends up delivered (stored),
+    dropped (ring full; unread when the stop's drain ran out of time; its handling failed) or
+    filtered (--pid, unpairable returns, read after --limit); until the trace has stopped,
+    the rest is pending (published or being written, not read yet). See :meth:`counters`."""
+
     id: int
     spec: str
     tracer: Any  # a Tracer
     started_ns: int = field(default_factory=time.monotonic_ns)
     stopped_ns: int | None = None
     delivered: int = 0
+    over_limit: int = 0  # read after --limit was reached: filtered
+    unread: int = 0  # published but still in the rings when the stop's drain ended: dropped
+    lost: int = 0  # read, but handling them failed (the error ended the trace): dropped
     limit: int | None = None
-    thread: threading.Thread | None = None
+    thread: threading.Thread | None = None  # the reader: the one thread that drains the rings
     stop_flag: threading.Event = field(default_factory=threading.Event)
-    final: dict[str, int] | None = None  # counters read just before detaching
+    finished: threading.Event = field(default_factory=threading.Event)  # final, closed
+    final: dict[str, int] | None = None  # the books once detached, drained and closed
+    error: BaseException | None = None  # what ended the reader, if anything did
+    close_error: BaseException | None = None  # a failure while closing, for stop() to report
+    end_reason: str | None = None  # e.g. "process P exited" (--pid)
+    printq: PrintQueue | None = None  # events to print (None: --quiet)
+    run_stats: tuple[int, int] = (0, 0)  # bpf_stats run_cnt, run_time_ns, last read
+    lock: threading.Lock = field(default_factory=threading.Lock)  # counters vs. close
     tracer_ranges: tuple[Any, ...] = ()  # LBR trimming: the tracer's own code
     keep_ranges: tuple[Any, ...] = ()  # LBR trimming: the range of interest
     params: dict[int, Signature] = field(default_factory=dict)  # func_ip -> names and types
@@ -101,27 +181,61 @@ class Trace:
     signature_of: Any = None
 
     def counters(self) -> dict[str, int]:
-        """In-kernel counters (hits, drops, ...) plus our own; live while running."""
-        live = self.final if self.final is not None else snapshot_counters(self.tracer)
-        return {**live, "delivered": self.delivered}
+        """The books, live while running: ``hits == delivered + drops + filtered + pending``
+        at every reading (``pending`` is 0 once stopped). Our own counts are read before the
+        kernel's and the kernel's outcomes before its hits (base.py), so a reading taken while
+        the probes fire never shows more outcomes than hits: pending is never negative."""
+        with self.lock:
+            if self.final is not None:
+                return dict(self.final)
+            ours = (self.delivered, self.over_limit, self.unread, self.lost)
+            return account(snapshot_counters(self.tracer, self), *ours, self.not_printed)
+
+    @property
+    def not_printed(self) -> int:
+        return self.printq.not_printed if self.printq is not None else 0
 
     @property
     def running(self) -> bool:
         return self.stopped_ns is None
 
+    @property
+    def limit_reached(self) -> bool:
+        return self.limit is not None and self.delivered >= self.limit
 
-def snapshot_counters(tracer: Any) -> dict[str, int]:
+
+def account(kernel: dict[str, int], delivered: int, over_limit: int, unread: int, lost: int,
+            not_printed: int) -> dict[str, int]:
+    """The kernel's counters and ours as one set of books (see :class:`Trace`)."""
+    hits = kernel.get("hits", 0)
+    drops = kernel.get("drops", 0) + unread + lost
+    filtered = kernel.get("filtered", 0) + over_limit
+    return {**kernel, "hits": hits, "delivered": delivered, "drops": drops,
+            "filtered": filtered, "pending": hits - delivered - drops - filtered,
+            "drops_ring_full": kernel.get("drops", 0), "drops_unread": unread,
+            "drops_error": lost, "filtered_kernel": kernel.get("filtered", 0),
+            "over_limit": over_limit, "not_printed": not_printed}
+
+
+def snapshot_counters(tracer: Any, trace: Trace | None = None) -> dict[str, int]:
     """The tracer's per-CPU counters summed, its ring-buffer bytes, and bpf_stats of its
-    programs (run_cnt/run_time_ns need ``kernel.bpf_stats_enabled``, which traces turn on)."""
+    programs (run_cnt/run_time_ns need ``kernel.bpf_stats_enabled``, which traces turn on).
+    Detached programs may be closed already: then the trace's last reading stands."""
     out = dict(tracer.counters())
     out["bytes"] = tracer.bytes
-    run_cnt = run_ns = 0
-    for fd in tracer.prog_fds():
+    fds = tracer.prog_fds()
+    if fds or trace is None:
         from .kernel.progs import read_raw_prog_info_fd
 
-        raw = read_raw_prog_info_fd(fd, with_btf=False)
-        run_cnt += raw.run_cnt
-        run_ns += raw.run_time_ns
+        run_cnt = run_ns = 0
+        for fd in fds:
+            raw = read_raw_prog_info_fd(fd, with_btf=False)
+            run_cnt += raw.run_cnt
+            run_ns += raw.run_time_ns
+        if trace is not None:
+            trace.run_stats = (run_cnt, run_ns)
+    else:
+        run_cnt, run_ns = trace.run_stats
     out["run_cnt"], out["run_time_ns"] = run_cnt, run_ns
     return out
 
@@ -138,15 +252,31 @@ class Session:
         _SESSIONS.add(self)
 
     def add(self, spec: str, make_tracer: Callable[[Callable[..., None]], Any],
-            deliver: Callable[[Trace, Event, int, int], None]) -> Trace:
-        """Create, start and register a trace; a failed start leaves nothing attached."""
+            deliver: Callable[[Trace, Event, int, int], None],
+            after: Callable[[Trace, Event], None] | None = None) -> Trace:
+        """Create, start and register a trace; a failed start leaves nothing attached.
+
+        Per event read: ``deliver`` completes it (symbols, stacks), then it is stored and
+        counted, then ``after`` sees it (hooks, the print queue). Events read once --limit
+        is reached are counted (over_limit), not delivered."""
         with self._lock:
             trace_id = self._next_trace
             self._next_trace += 1
         holder: dict[str, Trace] = {}
 
         def on_event(event: Event, kstack: int, ustack: int) -> None:
-            deliver(holder["trace"], event, kstack, ustack)
+            trace = holder["trace"]
+            if trace.limit_reached:
+                trace.over_limit += 1
+                return
+            event.trace_id = trace.id
+            deliver(trace, event, kstack, ustack)
+            self.store.add(event)
+            trace.delivered += 1
+            if after is not None:
+                after(trace, event)
+            if trace.limit_reached:
+                trace.stop_flag.set()
 
         tracer = make_tracer(on_event)
         trace = Trace(trace_id, spec, tracer)
@@ -162,61 +292,145 @@ class Session:
         except KeyError:
             raise NotFoundError(f"no trace {trace_id}", "see 'trace list'") from None
 
-    def stop(self, trace: Trace) -> None:
-        """Stop polling, then detach; idempotent."""
+    def stop(self, trace: Trace, wait_s: float = STOP_WAIT_S) -> bool:
+        """Detach at once, then let the trace's reader drain what the rings hold (bounded in
+        time; the rest is counted as dropped) and close. One reader per ring, always: a
+        running reader thread finishes the trace; this only drains when there is none.
+        Returns whether the trace has finished (its books final) within ``wait_s``; a
+        reader busy in a slow handler finishes on its own. Idempotent."""
         trace.stop_flag.set()
+        try:
+            trace.tracer.stop_probes()  # from here, whatever the reader is doing
+        except Exception as exc:  # closing retries; report it once the trace has finished
+            trace.close_error = trace.close_error or exc
         thread = trace.thread
-        if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout=5)
-        if trace.final is None:
+        if thread is None or thread is threading.current_thread():
+            self._finish(trace)  # no reader thread: the caller is the reader
+        else:
+            trace.finished.wait(wait_s)
+        err, trace.close_error = trace.close_error, None
+        if err is not None:
+            raise err
+        return trace.finished.is_set()
+
+    def _finish(self, trace: Trace) -> None:
+        """The reader's last act: detach (if not yet), drain for STOP_DRAIN_S, count what is
+        left, take the final books, close. Runs once, in the reader thread (or in stop()
+        when the trace has none)."""
+        if trace.finished.is_set():
+            return
+        tracer = trace.tracer
+        final: dict[str, int] = {}
+        try:
             try:
-                # what the kernel wrote before we stopped is part of the trace: deliver it
-                trace.tracer.poll(0)
-            except BaseException:  # noqa: BLE001 - even Ctrl-C: detaching comes first
+                tracer.stop_probes()
+            except Exception as exc:
+                trace.close_error = trace.close_error or exc
+            if trace.limit_reached:  # what follows the limit is not read, only counted
+                trace.over_limit += tracer.discard_pending()
+            elif trace.error is None:
+                deadline = time.monotonic() + STOP_DRAIN_S
+                try:
+                    while tracer.pending() and time.monotonic() < deadline:
+                        tracer.poll(0, deadline - time.monotonic())
+                        if trace.limit_reached:
+                            trace.over_limit += tracer.discard_pending()
+                except BaseException as exc:  # noqa: BLE001 - even Ctrl-C: books, then close
+                    trace.error = trace.error or exc
+            trace.unread += tracer.discard_pending()
+            # a record read but not delivered or counted: its handling raised
+            trace.lost = max(0, getattr(tracer, "handled", 0) - trace.delivered
+                             - trace.over_limit)
+            try:
+                final = trace.counters()
+            except Exception:  # the books stay as they were last read
                 pass
-            try:
-                trace.final = snapshot_counters(trace.tracer)
-            except Exception:
-                trace.final = {}
-        trace.tracer.close()
-        if trace.stopped_ns is None:
-            trace.stopped_ns = time.monotonic_ns()
+        finally:
+            with trace.lock:
+                if trace.final is None:
+                    trace.final = final
+                try:
+                    tracer.close()
+                except Exception as exc:
+                    trace.close_error = trace.close_error or exc
+                finally:
+                    if trace.stopped_ns is None:
+                        trace.stopped_ns = time.monotonic_ns()
+                    if trace.printq is not None:
+                        trace.printq.close()
+                    trace.finished.set()
 
     def delete(self, trace: Trace) -> None:
         self.stop(trace)
         with self._lock:
             self.traces.pop(trace.id, None)
 
-    def stop_all(self) -> None:
-        for trace in list(self.traces.values()):
+    def stop_traces(self, traces: list[Trace], wait_s: float = STOP_WAIT_S) -> list[bool]:
+        """Detach every one first, then wait for their readers (all within ``wait_s``);
+        whether each has finished. The first failure is raised once all are stopped."""
+        for trace in traces:
+            trace.stop_flag.set()
             try:
-                self.stop(trace)
-            except Exception:  # keep detaching the others
-                pass
+                trace.tracer.stop_probes()
+            except Exception as exc:  # keep detaching the others; stop() reports it
+                trace.close_error = trace.close_error or exc
+        deadline = time.monotonic() + wait_s
+        finished, failure = [], None
+        for trace in traces:
+            try:
+                finished.append(self.stop(trace, max(0.0, deadline - time.monotonic())))
+            except Exception as exc:
+                finished.append(trace.finished.is_set())
+                failure = failure or exc
+        if failure is not None:
+            raise failure
+        return finished
 
-    def run_background(self, trace: Trace, on_error: Callable[[BaseException], None],
-                       on_end: Callable[[str], None] | None = None) -> None:
-        """Poll in a thread until stopped; a trace whose target is gone (``--pid`` and the
-        process exited) stops itself and tells ``on_end`` why."""
+    def stop_all(self, wait_s: float = STOP_WAIT_S) -> None:
+        try:
+            self.stop_traces(list(self.traces.values()), wait_s)
+        except Exception:  # exit paths: everything is detached; nothing to report to
+            pass
+
+    def run_reader(self, trace: Trace,
+                   on_end: Callable[[Trace], None] | None = None) -> None:
+        """Start the trace's one reader thread: it reads in bounded slices until stopped (or
+        its ``--pid`` process is gone, or a handler raised), then finishes the trace
+        (:meth:`_finish`) and calls ``on_end`` (trace.error / trace.end_reason say why)."""
+
         def loop() -> None:
+            tracer = trace.tracer
             try:
                 while not trace.stop_flag.is_set():
-                    trace.tracer.poll(100)
-                    reason = target_gone(trace.tracer)
+                    n = tracer.poll(POLL_WAIT_MS, READ_SLICE_S)
+                    reason = target_gone(tracer)
                     if reason is not None:
-                        self.stop(trace)  # drains what the rings hold, then detaches
-                        if on_end is not None:
-                            on_end(reason)
-                        return
-            except BaseException as exc:  # detach first (never leave it attached), then report
-                try:
-                    trace.tracer.close()
-                finally:
-                    trace.stopped_ns = time.monotonic_ns()
-                    on_error(exc)
+                        trace.end_reason = reason
+                        break
+                    if n and tracer.pending():  # a backlog: give the shell its turn
+                        trace.stop_flag.wait(READ_REST_S)
+            except BaseException as exc:  # noqa: BLE001 - detach first, then report
+                trace.error = exc
+            finally:
+                self._finish(trace)
+                if on_end is not None:
+                    on_end(trace)
 
         trace.thread = threading.Thread(target=loop, name=f"trace-{trace.id}", daemon=True)
         trace.thread.start()
+
+    def run_background(self, trace: Trace, on_error: Callable[[BaseException], None],
+                       on_end: Callable[[str], None] | None = None) -> None:
+        """:meth:`run_reader` with the callbacks split: ``on_error`` when a handler raised,
+        ``on_end`` when the ``--pid`` process exited."""
+
+        def ended(t: Trace) -> None:
+            if t.error is not None:
+                on_error(t.error)
+            elif t.end_reason is not None and on_end is not None:
+                on_end(t.end_reason)
+
+        self.run_reader(trace, ended)
 
 
 def target_gone(tracer: Any) -> str | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +39,21 @@ class CaptureOptions:
     pid: int = -1
     ringbuf_pages: int = 1024  # 4 MiB of event rings, shared among the CPUs
     extra: dict[str, int] = field(default_factory=dict)
+
+
+def detach_bcc_events(bpf: Any) -> None:
+    """Take off the kprobes and uprobes BCC attached, as ``bpf.cleanup()`` would, but keep the
+    programs and maps: the rings stay readable until the reader is done."""
+    for name in list(getattr(bpf, "uprobe_fds", {})):
+        try:
+            bpf.detach_uprobe_event(name)
+        except Exception:  # cleanup() tries again; the perf fd closes with it at worst
+            pass
+    for name in list(getattr(bpf, "kprobe_fds", {})):
+        try:
+            bpf.detach_kprobe_event(name)
+        except Exception:
+            pass
 
 
 def possible_cpus() -> int:
@@ -76,7 +92,10 @@ class ProbeTracer:
         self.bytes = 0
         self.lbr_errors = 0  # delivered events whose snapshot failed (LBR on)
         self.str_mask = 0
+        self.handled = 0  # records handed to _handle (the reader thread's count)
+        self.discarded = 0  # records given back unread at stop
         self._stacks: dict[int, list[int]] = {}
+        self._detached = False
         self._closed = False
 
     # lifecycle --------------------------------------------------------------------------------
@@ -129,41 +148,75 @@ class ProbeTracer:
     def detach(self) -> None:
         """Undo what ``bpf.cleanup()`` does not (links and fds we made through libbpf)."""
 
+    def stop_probes(self) -> None:
+        """Detach: the probes stop firing, while the rings, stacks and counters stay readable
+        (the reader drains what the rings hold after this). Idempotent; any thread may call
+        it while the reader thread reads (it touches attachments, never the maps)."""
+        if self._detached:
+            return
+        self._detached = True
+        from ..kernel import perf
+
+        try:
+            self.detach()
+        finally:
+            try:
+                if self.bpf is not None:
+                    detach_bcc_events(self.bpf)
+            finally:
+                perf.close_all(self.lbr_fds)
+                self.lbr_fds = []
+
     def close(self) -> None:
-        """Detach and free everything; safe to call twice and from signal paths."""
+        """Detach, then free everything; safe to call twice and from signal paths. Only the
+        trace's reader (or a caller when there is none) closes: the rings are unmapped."""
         if self._closed:
             return
         self._closed = True
-        from ..kernel import perf
-
-        reader, self.reader = self.reader, None
         try:
-            if reader is not None:
-                reader.close()
-        finally:  # whatever the reader does, the probes come off
+            self.stop_probes()  # first, whatever else fails: the probes come off
+        finally:
+            reader, self.reader = self.reader, None
             try:
-                self.detach()
+                if reader is not None:
+                    reader.close()
             finally:
                 bpf, self.bpf = self.bpf, None
                 if bpf is not None:
                     bpf.cleanup()
-                perf.close_all(self.lbr_fds)
-                self.lbr_fds = []
 
     # events -----------------------------------------------------------------------------------
     def _handle(self, record: memoryview) -> None:
+        self.handled += 1  # first: a record whose decoding fails is still accounted for
         event, kstack, ustack = decode_record(record, self.label, str_mask=self.str_mask)
         self.bytes += len(record)
         if event.lbr_ret < 0 and self.lbr_entries:
             self.lbr_errors += 1  # counted here: the probe's hot path stays short
         self.on_event(event, kstack, ustack)
 
-    def poll(self, timeout_ms: int) -> None:
-        """Deliver ready events to ``on_event``; returns after ``timeout_ms`` at most (sooner
-        when events are there: the rings are polled, there is no wakeup)."""
-        if self.reader is not None and not self._closed:
-            self.reader.wait(timeout_ms)
-            self.reader.drain(self._handle)
+    def poll(self, timeout_ms: int, budget_s: float | None = None) -> int:
+        """Deliver ready events to ``on_event``; waits ``timeout_ms`` at most for the first
+        (the rings are polled, there is no wakeup), then hands over what is there, for
+        ``budget_s`` at most when given. Returns how many were handed over. Only the trace's
+        one reader calls this."""
+        if self.reader is None or self._closed:
+            return 0
+        self.reader.wait(timeout_ms)
+        deadline = None if budget_s is None else time.monotonic() + budget_s
+        return self.reader.drain(self._handle, deadline=deadline)
+
+    def pending(self) -> int:
+        """Published records not read yet."""
+        return self.reader.pending() if self.reader is not None and not self._closed else 0
+
+    def discard_pending(self) -> int:
+        """Give back what the rings still hold, unread (the stop path, out of time); how
+        many. The reader's call, after :meth:`stop_probes`."""
+        if self.reader is None or self._closed:
+            return 0
+        n = self.reader.discard()
+        self.discarded += n
+        return n
 
     def stack(self, stack_id: int) -> list[int]:
         """Addresses of a captured stack. An id always names the same stack (the map is
@@ -184,11 +237,17 @@ class ProbeTracer:
         return list(cached)
 
     def counters(self) -> dict[str, int]:
+        """The probes' counters summed over CPUs. The outcomes are read before ``hits``: a
+        probe counts its hit before its outcome, so a reading taken while the probes fire
+        never has more outcomes than hits (session.py relies on it)."""
         if self.bpf is None:
             return {}
         table = self.bpf["stats"]
-        out = {name: int(table.sum(ctypes.c_int(i)).value) for i, name in enumerate(STATS)}
+        out = {name: int(table.sum(ctypes.c_int(i)).value)
+               for i, name in reversed(list(enumerate(STATS)))}
         out["lbr_errors"] = self.lbr_errors
+        out["handled"] = self.handled
+        out["discarded"] = self.discarded
         # what the probes published: the rings' own counters, exact and free to read
         out["submitted"] = self.reader.published() if self.reader is not None else 0
         return out

@@ -12,6 +12,11 @@ Layout per CPU: a 64-byte header (``prod``, written by the probe; ``cons``, writ
 are published; a slot is handed out as a ``memoryview`` and given back (``cons`` advanced) once
 its handler returns. x86 keeps stores in order, and the probe writes ``prod`` after the slot,
 so a slot below ``prod`` is complete when we read it.
+
+One thread reads a trace's rings (session.py): ``cons`` has one writer, and no record is
+handed out twice. :meth:`CpuRings.drain` takes a deadline so the reader works in bounded
+slices; what a stop could not read in time is given back unread by :meth:`CpuRings.discard`,
+which says how many (they are counted as dropped, not lost from the books).
 """
 
 from __future__ import annotations
@@ -20,10 +25,11 @@ import heapq
 import mmap
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 HEADER = 64
 POLL_S = 0.01  # how often wait() looks at the counters
+CHECK_EVERY = 16  # a deadline-bound drain looks at the clock every this many records
 _TS = struct.Struct("<Q")  # every record starts with its timestamp
 
 
@@ -64,9 +70,26 @@ class CpuRings:
         w = self._words
         return sum(w[p] for p in self._prod)
 
+    def consumed(self) -> int:
+        """Records handed to the reader's handler (or discarded), over every CPU."""
+        w = self._words
+        return sum(w[p + 1] for p in self._prod)
+
     def pending(self) -> int:
         w = self._words
         return sum(w[p] - w[p + 1] for p in self._prod)
+
+    def discard(self) -> int:
+        """Give every published slot back unread; returns how many (the stop path counts
+        them as dropped once its time to drain is up)."""
+        w = self._words
+        n = 0
+        for p in self._prod:
+            prod, cons = w[p], w[p + 1]
+            if prod > cons:
+                n += prod - cons
+                w[p + 1] = prod
+        return n
 
     def wait(self, timeout_ms: int) -> bool:
         """Until some ring holds events, or ``timeout_ms``; True when there are events."""
@@ -79,27 +102,37 @@ class CpuRings:
                 return False
             time.sleep(min(POLL_S, left))
 
-    def drain(self, handle: Callable[[memoryview], None], limit: int | None = None) -> int:
-        """Hand every published record to ``handle``, oldest first across CPUs (each CPU's
-        records are in time order; they are merged by timestamp, ties kept in slot order);
-        returns how many."""
-        w, view, slots, record, stride = self._words, self._view, self.slots, self.record, \
-            self.stride
-        mask = slots - 1
+    def _stream(self, cpu: int, cons: int, prod: int) -> Iterator[tuple[int, int, int, int]]:
+        """One CPU's published records, lazily: a drain cut short by its deadline has
+        looked only at what it handed out."""
+        view, record, mask = self._view, self.record, self.slots - 1
+        base, p = cpu * self.stride + HEADER, self._prod[cpu]
+        for i in range(cons, prod):
+            off = base + (i & mask) * record
+            yield _TS.unpack_from(view, off)[0], i, off, p
+
+    def drain(self, handle: Callable[[memoryview], None], limit: int | None = None,
+              deadline: float | None = None) -> int:
+        """Hand published records to ``handle``, oldest first across CPUs (each CPU's
+        records are in time order; they are merged by timestamp, ties kept in slot order),
+        until none is left, ``limit`` were handled or ``time.monotonic()`` passes
+        ``deadline``; returns how many."""
+        w, view, record = self._words, self._view, self.record
         streams = []
         for cpu, p in enumerate(self._prod):
             prod, cons = w[p], w[p + 1]
             if prod > cons:
-                base = cpu * stride + HEADER
-                offs = [base + (i & mask) * record for i in range(cons, prod)]
-                streams.append([(_TS.unpack_from(view, o)[0], i, o, p)
-                                for i, o in enumerate(offs)])
+                streams.append(self._stream(cpu, cons, prod))
         if not streams:
             return 0
         merged = streams[0] if len(streams) == 1 else heapq.merge(*streams)
         done = 0
+        clock = time.monotonic
         for _ts, _seq, off, p in merged:
             if limit is not None and done >= limit:
+                break
+            if deadline is not None and done & (CHECK_EVERY - 1) == 0 and done \
+                    and clock() >= deadline:
                 break
             rec = view[off : off + record]
             try:

@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import os
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -27,7 +28,13 @@ from bpflbr_shell.render_events import (
     event_to_json,
     render_event,
 )
-from bpflbr_shell.session import Session, Trace, install_cleanup, target_gone
+from bpflbr_shell.session import (
+    STOP_DRAIN_S,
+    PrintQueue,
+    Session,
+    Trace,
+    install_cleanup,
+)
 from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
 from bpflbr_shell.shell.context import Context, parse_bool, register_setting
 from bpflbr_shell.shell.registry import argument, command, int_range
@@ -61,6 +68,33 @@ register_setting("lbr-branch-types", "any",
                  "ind_jump, call_stack (comma-separated)", _branch_types)
 register_setting("event-store", 10000, "events kept in memory for 'show events'", _store_size)
 
+RING_MAX_PER_CPU = 4 << 20  # the kernel's cap on one array map value: one CPU's ring
+
+
+def _ring_size(text: str) -> int:
+    """``4M``, ``512K`` or bytes: the event rings' total size, shared among the CPUs."""
+    m = re.fullmatch(r"(\d{1,7})([KkMm]?)", text.strip())
+    if not m:
+        raise ValueError(f"bad ring size '{text}' (e.g. 4M, 512K)")
+    size = int(m.group(1)) << {"": 0, "k": 10, "m": 20}[m.group(2).lower()]
+    from bpflbr_shell.probes.base import possible_cpus
+
+    most = RING_MAX_PER_CPU * possible_cpus()
+    if not 4096 <= size <= most:
+        raise ValueError(f"ring size {text} out of range (4K to {most >> 20}M: 4M per CPU)")
+    return size
+
+
+register_setting("event-ring", 4 << 20, "event ring size, all CPUs (4M; more holds longer "
+                 "bursts before events are dropped)", _ring_size)
+
+
+def ring_pages(ctx: Context) -> int:
+    return max(1, ctx.settings["event-ring"] // 4096)
+
+
+_STATS_LOCK = threading.Lock()
+
 
 @dataclass
 class Runtime:
@@ -76,9 +110,12 @@ class Runtime:
     endpoints_of: tuple[Any, int] | None = None
 
     def close_stats(self) -> None:
-        if self.stats_fd is not None and not any(t.running for t in self.session.traces.values()):
-            os.close(self.stats_fd)
-            self.stats_fd = None
+        # a background trace's reader thread may call this as the shell does: one closes
+        with _STATS_LOCK:
+            if self.stats_fd is not None and \
+                    not any(t.running for t in self.session.traces.values()):
+                fd, self.stats_fd = self.stats_fd, None
+                os.close(fd)
 
 
 def runtime(ctx: Context) -> Runtime:
@@ -195,11 +232,9 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
     kernel_sym = None
 
     def deliver(trace: Trace, event: Event, kstack: int, ustack: int) -> None:
+        """Complete an event in the reader thread (the session then stores and counts it)."""
         nonlocal kernel_sym
-        if trace.limit is not None and trace.delivered >= trace.limit:
-            return  # read after the limit was reached: not part of this trace
         tracer = trace.tracer
-        event.trace_id = trace.id
         event.kstack = tracer.stack(kstack)
         event.ustack = tracer.stack(ustack)
         if event.func_ip < USER_SPACE_END:
@@ -219,19 +254,23 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
             event.func = kernel_sym.symbolize(event.func_ip).func
             if trace.signature_of is not None and event.func_ip not in trace.params:
                 trace.params[event.func_ip] = trace.signature_of(event.func)
-        session.store.add(event)
-        trace.delivered += 1
+
+    def after(trace: Trace, event: Event) -> None:
         for hook in list(session.hooks):
             try:
                 hook(event)
             except Exception as exc:  # a user's hook must not stop the trace
                 ctx.warn(f"event hook {getattr(hook, '__name__', hook)} failed: {exc}")
-        if not args.quiet:
-            print_event(ctx, rt, event, args.json, ropts)
-        if trace.limit is not None and trace.delivered >= trace.limit:
-            trace.stop_flag.set()
+        if trace.printq is not None:
+            trace.printq.put(event)  # never waits: a full queue counts a line not printed
 
-    trace = session.add(spec, make, deliver)
+    def show(events: list[Event]) -> None:
+        for event in events:
+            print_event(ctx, rt, event, args.json, ropts)
+        if events:
+            ctx.flush()  # a pipe (| tee, | jq) sees events as they come, not at exit
+
+    trace = session.add(spec, make, deliver, after)
     trace.params = dict(params or {})
     trace.signature_of = signature_of
     if not trace.tracer.lbr_off_reason and args.lbr:
@@ -240,6 +279,7 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
         trace.tracer_ranges = tuple(tracer_ranges(trace.tracer.prog_fds(), ctx.kernel.kallsyms))
         trace.keep_ranges = tuple(trace.tracer.keep_ranges())
     trace.limit = args.limit
+    trace.printq = None if args.quiet else PrintQueue()
     ctx.status(f"trace {trace.id}: {summary}")
     reason = trace.tracer.lbr_off_reason
     if args.lbr and reason and not rt.lbr_notice_given:
@@ -247,34 +287,105 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
         ctx.warn(f"LBR off: {lbr_off_brief(reason)}; showing stacks instead "
                  "('show features' says why)")
     if args.bg:
-        def on_error(exc: BaseException) -> None:
-            ctx.error_line(f"trace {trace.id}: {exc}")
-            rt.close_stats()  # the dead trace no longer needs run-time stats
+        def ended(t: Trace) -> None:  # in the reader thread, once the trace has finished
+            if t.error is not None and not isinstance(t.error, KeyboardInterrupt):
+                ctx.error_line(f"trace {t.id}: {t.error}")
+            elif t.end_reason is not None:  # --pid: the process exited
+                ctx.status(f"trace {t.id}: {t.end_reason}; stopped: {t.delivered} events")
+                report_books(ctx, t)
+            rt.close_stats()  # a dead trace no longer needs run-time stats
 
-        def on_end(reason: str) -> None:  # --pid: the process exited
-            ctx.status(f"trace {trace.id}: {reason}; stopped: {trace.delivered} events")
-            rt.close_stats()
-
-        session.run_background(trace, on_error, on_end)
+        if trace.printq is not None:
+            start_printer(trace, show)
+        session.run_reader(trace, ended)
         ctx.status(f"trace {trace.id} runs in the background ('trace stop {trace.id}' ends it)")
         return
+    # foreground: the reader has its own thread; this one prints, so a slow terminal never
+    # holds the reader up and Ctrl-C lands here, not inside an event's handling
     deadline = time.monotonic() + args.duration if args.duration else None
+    interrupted = False
+    session.run_reader(trace)
     try:
-        while not trace.stop_flag.is_set():
+        while not trace.finished.is_set() or trace.printq is not None and len(trace.printq):
             if deadline is not None and time.monotonic() >= deadline:
                 break
-            trace.tracer.poll(100)
-            ctx.flush()  # a pipe (| tee, | jq) sees events as they come, not at exit
-            gone = target_gone(trace.tracer)
-            if gone is not None:
-                ctx.status(f"trace {trace.id}: {gone}")
-                break
+            if trace.printq is not None:
+                show(trace.printq.take(0.05))
+            else:
+                trace.finished.wait(0.05)
     except KeyboardInterrupt:
         ctx.status("^C")
+        interrupted = True
     finally:
-        session.stop(trace)
-        rt.close_stats()
+        try:
+            session.stop(trace)
+        finally:
+            if trace.printq is not None and (interrupted or trace.error is not None):
+                trace.printq.drop_all()
+            rt.close_stats()
+    if trace.printq is not None:
+        show(trace.printq.take(0))  # what the stop's drain delivered (the queue's bound)
+    if trace.error is not None and not isinstance(trace.error, KeyboardInterrupt):
+        raise trace.error
+    if isinstance(trace.error, KeyboardInterrupt) and not interrupted:
+        ctx.status("^C")
+    if trace.end_reason is not None:
+        ctx.status(f"trace {trace.id}: {trace.end_reason}")
     ctx.status(f"trace {trace.id} stopped: {trace.delivered} events")
+    if trace.error is None:  # after a failure the books are in 'show stats'
+        report_books(ctx, trace)
+
+
+PRINT_SLICE_S = 0.02  # a background printer renders this long at most, then rests as long
+
+
+def start_printer(trace: Trace, show: Callable[[list[Event]], None]) -> None:
+    """A background trace's printer thread: it prints what the queue holds in bounded slices
+    (its GIL share stays bounded too) until the trace has finished and the queue is empty."""
+    q = trace.printq
+    assert q is not None
+
+    def loop() -> None:
+        while True:
+            batch = q.take(0.2)
+            t0 = time.monotonic()
+            for i, event in enumerate(batch):
+                show([event])
+                if time.monotonic() - t0 >= PRINT_SLICE_S and i + 1 < len(batch):
+                    time.sleep(PRINT_SLICE_S)
+                    t0 = time.monotonic()
+            if q.closed and not len(q):
+                return
+
+    threading.Thread(target=loop, name=f"trace-{trace.id}-print", daemon=True).start()
+
+
+def book_notes(trace: Trace, c: dict[str, Any]) -> list[str]:
+    """What the books say the user should know: events lost and why, with the fix."""
+    notes = []
+    if c.get("drops_ring_full"):
+        notes.append(f"trace {trace.id}: {c['drops_ring_full']} events dropped (ring full: the "
+                     "probes outran the reader); fix: a larger ring ('set event-ring 8M'), a "
+                     "filter (--pid, a narrower glob) or --limit")
+    if c.get("drops_unread"):
+        notes.append(f"trace {trace.id}: {c['drops_unread']} events dropped (still in the rings "
+                     f"when the trace stopped; a stop reads them for {STOP_DRAIN_S:g}s at most)")
+    if c.get("drops_error"):
+        notes.append(f"trace {trace.id}: {c['drops_error']} events dropped (their handling "
+                     "failed)")
+    if c.get("not_printed"):
+        notes.append(f"trace {trace.id}: {c['not_printed']} events not printed (terminal too "
+                     "slow); all are stored: 'show events' (the store keeps the last "
+                     "'event-store' events)")
+    if not trace.running and c.get("pending"):
+        notes.append(f"trace {trace.id}: {c['pending']} hits unaccounted for (a bug: please "
+                     "report it with 'show stats --json')")
+    return notes
+
+
+def report_books(ctx: Context, trace: Trace) -> None:
+    for note in book_notes(trace, trace.counters()):
+        ctx.warn(note)
 
 
 _LBR_OFF_BRIEF = {"ENOENT": "no LBR hardware", "ENODEV": "no LBR hardware",
@@ -299,7 +410,8 @@ def kernel_capture_options(ctx: Context, args: argparse.Namespace) -> Any:
 
     return CaptureOptions(lbr=args.lbr, branch_types=ctx.settings["lbr-branch-types"],
                           ustack=args.stack, kstack=True, pid=args.pid or -1,
-                          stacks_with_lbr=args.stack or args.kstack)
+                          stacks_with_lbr=args.stack or args.kstack,
+                          ringbuf_pages=ring_pages(ctx))
 
 
 # trace uprobe / uretprobe ----------------------------------------------------------------------
@@ -327,7 +439,8 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     kind = "uretprobe" if retprobe else "uprobe"
     opts = UprobeOptions(retprobe=retprobe, pid=args.pid or -1, lbr=args.lbr,
                          kstack=args.kstack, branch_types=ctx.settings["lbr-branch-types"],
-                         stacks_with_lbr=args.stack or args.kstack, extra=extra)
+                         stacks_with_lbr=args.stack or args.kstack, extra=extra,
+                         ringbuf_pages=ring_pages(ctx))
     label = f"{kind} {os.path.basename(targets[0].binary)}:{glob}"
     names = ", ".join(t.name for t in targets[:5]) + (" ..." if len(targets) > 5 else "")
     spec = f"{kind} {args.target}" + (f" --pid {args.pid}" if args.pid else "")
@@ -546,9 +659,17 @@ def cmd_trace_list(ctx: Context, args: argparse.Namespace) -> None:
 def cmd_trace_stop(ctx: Context, args: argparse.Namespace) -> None:
     rt = runtime(ctx)
     traces = [rt.session.get(args.id)] if args.id else list(rt.session.traces.values())
-    for t in traces:
-        rt.session.stop(t)
-    rt.close_stats()
+    running = [t for t in traces if t.running]
+    try:
+        finished = rt.session.stop_traces(traces)
+    finally:
+        rt.close_stats()
+    for t, done in zip(traces, finished, strict=True):
+        if not done:
+            ctx.status(f"trace {t.id}: detached; its reader is finishing a slow event "
+                       "handler ('show stats' has the final numbers once it is done)")
+        elif t in running:
+            report_books(ctx, t)
     ctx.print(f"stopped {len(traces)} trace(s)")
 
 
@@ -606,7 +727,8 @@ def cmd_show_event(ctx: Context, args: argparse.Namespace) -> None:
         print_event(ctx, rt, event, False, opts)
 
 
-@command("show stats", help="per trace: hits, drops, bytes, in-kernel time per event")
+@command("show stats", help="per trace: hits = events + drops + filtered (+ pending), "
+         "bytes, in-kernel time per event")
 def cmd_show_stats(ctx: Context, args: argparse.Namespace) -> None:
     rt = runtime(ctx)
     rows = []
@@ -622,8 +744,14 @@ def cmd_show_stats(ctx: Context, args: argparse.Namespace) -> None:
         ctx.print("no traces")
         return
     ctx.print(table(
-        ("ID", "HITS", "EVENTS", "DROPS", "FILTERED", "LBR_ERR", "BYTES", "NS/RUN", "SPEC"),
+        ("ID", "HITS", "EVENTS", "DROPS", "FILTERED", "PENDING", "LBR_ERR", "BYTES", "NS/RUN",
+         "SPEC"),
         ((r["id"], r.get("hits", "-"), r["delivered"], r.get("drops", "-"),
-          r.get("filtered", "-"), r.get("lbr_errors", "-"), r.get("bytes", "-"),
-          r["ns_per_run"] if r["ns_per_run"] is not None else "-", r["spec"]) for r in rows),
-        ctx.use_color(), right=range(8)))
+          r.get("filtered", "-"), r.get("pending", "-"), r.get("lbr_errors", "-"),
+          r.get("bytes", "-"), r["ns_per_run"] if r["ns_per_run"] is not None else "-",
+          r["spec"]) for r in rows),
+        ctx.use_color(), right=range(9)))
+    ctx.print("HITS = EVENTS + DROPS + FILTERED + PENDING (read, or being written, not read yet)")
+    for t, r in zip(rt.session.traces.values(), rows, strict=False):
+        for note in book_notes(t, r):
+            ctx.print(note)
