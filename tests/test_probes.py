@@ -5,6 +5,7 @@ itself: every probe that emits an event takes the LBR snapshot as its very first
 from __future__ import annotations
 
 import ctypes
+import os
 import struct
 
 import pytest
@@ -92,7 +93,24 @@ def calls_that_can_precede(insns: bytes, helper: int) -> list[int]:
     return before
 
 
+def build(source: str, knobs: dict[str, int], builder: str, tmp_path):
+    """The program as BCC compiles it now, or as the probe cache loads it back (a second
+    build from a cache the first one filled)."""
+    from bpflbr_shell.probes.bccprog import compile_program
+    from bpflbr_shell.probes.objcache import ProbeCache, build_program
+
+    if builder == "bcc":
+        return compile_program(source, knobs)
+    cache = ProbeCache(tmp_path / "cache" / "probes")
+    assert cache.usable()
+    build_program(source, knobs, cache).cleanup()
+    obj = build_program(source, knobs, cache)
+    assert obj.builder == "cache"
+    return obj
+
+
 @pytest.mark.live
+@pytest.mark.parametrize("builder", ["bcc", "cache"])
 @pytest.mark.parametrize(("source", "functions"), [
     ("uprobe.c", {"on_entry": True, "on_return": False}),
     ("kprobe.c", {"on_kprobe": True, "on_kretprobe": False}),
@@ -100,14 +118,14 @@ def calls_that_can_precede(insns: bytes, helper: int) -> list[int]:
 ])
 @pytest.mark.parametrize("emit_entry", [0, 1])
 def test_snapshot_is_the_first_helper_call(require_root, require_bcc, source: str,
-                                           functions: dict[str, bool], emit_entry: int) -> None:
+                                           functions: dict[str, bool], emit_entry: int,
+                                           builder: str, tmp_path) -> None:
     """Compiled for real by BCC: before bpf_get_branch_snapshot() come only the CPU id and the
     lookup of that CPU's event ring (the slot the snapshot is written into), both of which the
     verifier inlines on >= 6.10: no helper runs before the snapshot there."""
-    from bpflbr_shell.probes.bccprog import compile_program
-
-    b = compile_program(source, {"CAPTURE_LBR": 1, "LBR_ENTRIES": 32, "EMIT_ENTRY": emit_entry,
-                                 "PAIR_EXIT": 1, "NARGS": 2})
+    b = build(source, {"CAPTURE_LBR": 1, "LBR_ENTRIES": 32, "EMIT_ENTRY": emit_entry,
+                       "PAIR_EXIT": 1, "NARGS": 2, "FILTER_TGID": 4242,
+                       "EXCLUDE_TGID": os.getpid()}, builder, tmp_path)
     try:
         for fn, is_entry in functions.items():
             calls = helper_calls(b.dump_func(fn.encode()))
@@ -126,10 +144,9 @@ def test_snapshot_is_the_first_helper_call(require_root, require_bcc, source: st
 
 
 @pytest.mark.live
-def test_no_snapshot_when_lbr_is_off(require_root, require_bcc) -> None:
-    from bpflbr_shell.probes.bccprog import compile_program
-
-    b = compile_program("kprobe.c", {"CAPTURE_LBR": 0, "LBR_ENTRIES": 0})
+@pytest.mark.parametrize("builder", ["bcc", "cache"])
+def test_no_snapshot_when_lbr_is_off(require_root, require_bcc, builder: str, tmp_path) -> None:
+    b = build("kprobe.c", {"CAPTURE_LBR": 0, "LBR_ENTRIES": 0}, builder, tmp_path)
     try:
         for fn in ("on_kprobe", "on_kretprobe"):
             assert BPF_FUNC_get_branch_snapshot not in helper_calls(b.dump_func(fn.encode()))

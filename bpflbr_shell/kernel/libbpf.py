@@ -154,7 +154,40 @@ class BpfLinkCreateOpts(ctypes.Structure):
     ]
 
 
+class BpfMapInfo(ctypes.Structure):
+    """The head of ``struct bpf_map_info``: what it takes to create the same map again (the
+    kernel fills only as much as we pass)."""
+
+    _fields_ = [
+        ("type", u32),
+        ("id", u32),
+        ("key_size", u32),
+        ("value_size", u32),
+        ("max_entries", u32),
+        ("map_flags", u32),
+        ("name", ctypes.c_char * 16),
+    ]
+
+
+class BpfMapCreateOpts(ctypes.Structure):
+    """``struct bpf_map_create_opts`` of libbpf 1.1.x (48 bytes)."""
+
+    _fields_ = [
+        ("sz", ctypes.c_size_t),
+        ("btf_fd", u32),
+        ("btf_key_type_id", u32),
+        ("btf_value_type_id", u32),
+        ("btf_vmlinux_value_type_id", u32),
+        ("inner_map_fd", u32),
+        ("map_flags", u32),
+        ("map_extra", u64),
+        ("numa_node", u32),
+        ("map_ifindex", u32),
+    ]
+
+
 assert ctypes.sizeof(BpfProgLoadOpts) == 104
+assert ctypes.sizeof(BpfMapCreateOpts) == 48
 assert ctypes.sizeof(BpfLinkCreateOpts) == 64
 
 
@@ -199,6 +232,9 @@ def lib() -> ctypes.CDLL:
                                          ctypes.POINTER(BpfProgLoadOpts)]),
         "bpf_link_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_int, ctypes.c_int,
                                            ctypes.POINTER(BpfLinkCreateOpts)]),
+        "bpf_map_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, u32, u32, u32,
+                                          ctypes.POINTER(BpfMapCreateOpts)]),
+        "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
     }
     return open_libbpf(sigs)
 
@@ -343,3 +379,30 @@ def link_create(prog_fd: int, target_fd: int, attach_type: int,
         raise FeatureError(f"{what}: not supported by this kernel (EOPNOTSUPP)",
                            "see 'show features'")
     return check(ret, what)
+
+
+def map_info(fd: int) -> BpfMapInfo:
+    info = BpfMapInfo()
+    obj_info(fd, info, "reading map info")
+    return info
+
+
+def map_create(map_type: int, name: str, key_size: int, value_size: int, max_entries: int,
+               flags: int = 0) -> int:
+    """A new map without BTF (our probes never need map BTF); returns the fd."""
+    opts = BpfMapCreateOpts(sz=ctypes.sizeof(BpfMapCreateOpts), map_flags=flags)
+    return check(lib().bpf_map_create(map_type, name[:15].encode(), key_size, value_size,
+                                      max_entries, ctypes.byref(opts)),
+                 f"creating map {name}")
+
+
+def map_lookup(fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value at ``key`` (``value_size`` bytes: for per-CPU maps, all CPUs'), or None
+    when the key is absent."""
+    kbuf = ctypes.create_string_buffer(key, len(key))
+    vbuf = ctypes.create_string_buffer(value_size)
+    ret = lib().bpf_map_lookup_elem(fd, kbuf, vbuf)
+    if ret < 0 and (-ret if ret != -1 else ctypes.get_errno()) == errno.ENOENT:
+        return None
+    check(ret, "reading a map")
+    return vbuf.raw

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import os
 import platform
 from collections.abc import Iterable, Sequence
@@ -297,3 +298,95 @@ def open_lbr_events(branch_types: str | Iterable[str] | int | None = None, kerne
         close_all(fds)
         raise
     return fds
+
+
+# uprobes and kprobes as perf events of their PMUs ------------------------------------------
+# (linux/perf_event.h: _IO('$', 0), _IO('$', 1), _IOW('$', 8, __u32))
+PERF_EVENT_IOC_ENABLE = 0x2400
+PERF_EVENT_IOC_DISABLE = 0x2401
+PERF_EVENT_IOC_SET_BPF = 0x40042408
+EVENT_SOURCES = "/sys/bus/event_source/devices"
+
+
+@cache
+def probe_pmu(kind: str) -> tuple[int, int]:
+    """(perf type, retprobe config bit) of the ``uprobe`` or ``kprobe`` PMU, from sysfs."""
+    base = f"{EVENT_SOURCES}/{kind}"
+    try:
+        with open(f"{base}/type") as f:
+            pmu_type = int(f.read())
+        with open(f"{base}/format/retprobe") as f:
+            fmt = f.read().strip()  # "config:0"
+        field, _, bit = fmt.partition(":")
+        if field != "config" or not bit.isdigit():
+            raise ValueError(fmt)
+    except (OSError, ValueError) as exc:
+        raise FeatureError(f"no {kind} PMU in {EVENT_SOURCES} ({exc})",
+                           f"a kernel with CONFIG_{kind.upper()}_EVENTS=y") from None
+    return pmu_type, int(bit)
+
+
+def probe_attr(kind: str, target: bytes, offset: int, retprobe: bool) -> tuple[PerfEventAttr,
+                                                                                 ctypes.Array]:
+    """The attr of a uprobe (``target`` = binary path, ``offset`` = file offset) or kprobe
+    (``target`` = function, ``offset`` into it). The config's upper half, the uprobe's
+    ref_ctr_offset, stays 0: a probe with another ref_ctr_offset at the same place would make
+    the kernel refuse other tracers' probes there (and theirs ours). Returns the path buffer
+    too: it must live until perf_event_open has copied it."""
+    pmu_type, ret_bit = probe_pmu(kind)
+    buf = ctypes.create_string_buffer(target)
+    attr = PerfEventAttr()
+    attr.type = pmu_type
+    attr.size = ctypes.sizeof(PerfEventAttr)
+    attr.config = (1 << ret_bit) if retprobe else 0
+    attr.sample_period = 1
+    attr.wakeup_events = 1
+    attr.config1 = ctypes.addressof(buf)
+    attr.config2 = offset
+    return attr, buf
+
+
+def explain_probe_errno(err: int, kind: str) -> tuple[str, str | None]:
+    """(why, fix) for a uprobe/kprobe perf event the kernel refused."""
+    name = errno.errorcode.get(err, str(err))
+    if kind == "uprobe" and err == errno.EINVAL:
+        return ("the kernel refused the uprobe (EINVAL): most likely another tracer holds a "
+                "uprobe at this address with a different ref_ctr_offset (a USDT semaphore, or "
+                "the garbage one Debian's BCC Python tools set); `dmesg | grep ref_ctr_offset` "
+                "tells", "stop the other tracer, or trace another function")
+    if err == errno.ENOENT:
+        return (f"no such {'file' if kind == 'uprobe' else 'function'} for the {kind} (ENOENT)",
+                None)
+    if err == errno.ESRCH:
+        return "the process is gone (ESRCH)", "--pid takes the id of a running process"
+    if err in (errno.EPERM, errno.EACCES):
+        return (f"the kernel refused the {kind} ({name})", "run as root (CAP_PERFMON)")
+    if err == errno.EEXIST:
+        return f"the {kind} event already has a BPF program (EEXIST)", None
+    return f"the kernel refused the {kind}: {os.strerror(err)} ({name})", None
+
+
+def attach_probe(kind: str, target: bytes, offset: int, retprobe: bool, pid: int,
+                 prog_fd: int, what: str) -> int:
+    """A uprobe/kprobe perf event running ``prog_fd``; returns its fd (closing it detaches).
+
+    ``pid`` > 0 limits a uprobe to that process (any CPU); otherwise the event is opened on
+    one CPU with pid -1, which the kernel requires for a system-wide event: the program runs
+    on every CPU all the same, since it hangs off the probe, not the CPU's event.
+    """
+    attr, _keep = probe_attr(kind, target, offset, retprobe)
+    cpu = -1 if pid > 0 else (online_cpus() or [0])[0]
+    try:
+        fd = perf_event_open(attr, pid if pid > 0 else -1, cpu)
+    except OSError as exc:
+        why, fix = explain_probe_errno(exc.errno or 0, kind)
+        err = PrivilegeError if exc.errno in (errno.EPERM, errno.EACCES) else FeatureError
+        raise err(f"{what}: {why}", fix) from None
+    try:
+        fcntl.ioctl(fd, PERF_EVENT_IOC_SET_BPF, prog_fd)
+        fcntl.ioctl(fd, PERF_EVENT_IOC_ENABLE, 0)
+    except OSError as exc:
+        os.close(fd)
+        why, fix = explain_probe_errno(exc.errno or 0, kind)
+        raise FeatureError(f"{what}: attaching the program: {why}", fix) from None
+    return fd

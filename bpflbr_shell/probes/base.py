@@ -13,13 +13,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from ..errors import UserError
 from ..events import LBR_ENTRIES, Event, decode_record, raw_event_type
 from ..lbr import AddrRange
-from . import bccprog
+from . import objcache
 from .cpuring import CpuRings, ring_bytes, slots_for
+from .progobj import ProbeObject
 
 STACK_CACHE = 4096
 STATS = ("hits", "drops", "filtered", "missed_entry")  # bpf/lbr_event.h STAT_*
@@ -39,21 +39,6 @@ class CaptureOptions:
     pid: int = -1
     ringbuf_pages: int = 1024  # 4 MiB of event rings, shared among the CPUs
     extra: dict[str, int] = field(default_factory=dict)
-
-
-def detach_bcc_events(bpf: Any) -> None:
-    """Take off the kprobes and uprobes BCC attached, as ``bpf.cleanup()`` would, but keep the
-    programs and maps: the rings stay readable until the reader is done."""
-    for name in list(getattr(bpf, "uprobe_fds", {})):
-        try:
-            bpf.detach_uprobe_event(name)
-        except Exception:  # cleanup() tries again; the perf fd closes with it at worst
-            pass
-    for name in list(getattr(bpf, "kprobe_fds", {})):
-        try:
-            bpf.detach_kprobe_event(name)
-        except Exception:
-            pass
 
 
 def possible_cpus() -> int:
@@ -84,7 +69,7 @@ class ProbeTracer:
         self.capture = capture
         self.on_event = on_event
         self.label = label
-        self.bpf: Any = None
+        self.bpf: ProbeObject | None = None
         self.reader: CpuRings | None = None
         self.lbr_fds: list[int] = []
         self.lbr_off_reason: str | None = None
@@ -134,9 +119,9 @@ class ProbeTracer:
         nrings = possible_cpus()
         slots = slots_for(self.capture.ringbuf_pages * 4096, nrings, record)
         knobs.update(NR_RINGS=nrings, RING_SLOTS=slots, RING_BYTES=ring_bytes(slots, record))
-        self.bpf = bccprog.compile_program(self.source, knobs)
+        self.bpf = objcache.build_program(self.source, knobs)
         self.attach()
-        self.reader = CpuRings(self.bpf["rings"].map_fd, nrings, slots, record)
+        self.reader = CpuRings(self.bpf.map_fd("rings"), nrings, slots, record)
 
     def knobs(self) -> dict[str, int]:
         """Compile-time knobs of the subclass (integers chosen by the tool)."""
@@ -162,7 +147,7 @@ class ProbeTracer:
         finally:
             try:
                 if self.bpf is not None:
-                    detach_bcc_events(self.bpf)
+                    self.bpf.detach_events()
             finally:
                 perf.close_all(self.lbr_fds)
                 self.lbr_fds = []
@@ -229,8 +214,8 @@ class ProbeTracer:
             if self.bpf is None:
                 return []
             try:
-                cached = [a for a in self.bpf["stacks"].walk(stack_id) if a]
-            except (KeyError, OSError):
+                cached = self.bpf.stack_walk("stacks", stack_id)
+            except (KeyError, OSError, UserError):
                 return []
             if len(self._stacks) < STACK_CACHE:
                 self._stacks[stack_id] = cached
@@ -242,8 +227,7 @@ class ProbeTracer:
         never has more outcomes than hits (session.py relies on it)."""
         if self.bpf is None:
             return {}
-        table = self.bpf["stats"]
-        out = {name: int(table.sum(ctypes.c_int(i)).value)
+        out = {name: self.bpf.percpu_sum("stats", i)
                for i, name in reversed(list(enumerate(STATS)))}
         out["lbr_errors"] = self.lbr_errors
         out["handled"] = self.handled
@@ -256,7 +240,7 @@ class ProbeTracer:
         """Our loaded programs (for bpf_stats and LBR trimming)."""
         if self.bpf is None:
             return []
-        return [fn.fd for fn in self.bpf.funcs.values()]
+        return self.bpf.prog_fds()
 
     def keep_ranges(self) -> list[AddrRange]:
         """Where the relevant branches are; empty keeps everything the tracer did not cause."""

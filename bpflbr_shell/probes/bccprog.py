@@ -1,4 +1,5 @@
-"""Compiling our BPF C with BCC: source lookup, compile-time knobs, headers, tracefs.
+"""Compiling our BPF C with BCC: source lookup, compile-time knobs, headers, tracefs; the
+BCC builder of :class:`progobj.ProbeObject`.
 
 Knobs reach the C only as ``-DNAME=<int>`` built from the tool's own integer settings, so no
 user text is ever pasted into a program.
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import FeatureError, PrivilegeError
+from ..kernel import libbpf
+from .progobj import MapSpec, ProbeObject, imm, map_ref_slots, placeholder_slots, split_knobs
 
 BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
 _KNOB = re.compile(r"[A-Z][A-Z0-9_]*")
@@ -106,27 +109,84 @@ class CapturedStderr:
         return lines[0] if lines else ""
 
 
-def compile_program(source: str, knobs: dict[str, int]) -> Any:
-    """A ``bcc.BPF`` for ``bpf/<source>`` with integer ``knobs`` as -D defines."""
-    if os.geteuid() != 0:
-        raise PrivilegeError("loading BPF programs needs root (CAP_BPF, CAP_PERFMON)",
-                             "run bpflbr-shell as root")
-    bcc = import_bcc()
-    ok, detail = headers_status()
-    if not ok:
-        raise FeatureError(f"BCC cannot compile: {detail}",
-                           "install linux-headers for this kernel (scripts/bootstrap.sh)")
+def cflags_for(knobs: dict[str, int]) -> list[str]:
+    """The clang flags of one variant: our include dir and each knob as ``-DNAME=int``."""
     cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"]
     for name, value in sorted(knobs.items()):
         if not _KNOB.fullmatch(name) or not isinstance(value, int):
             raise ValueError(f"bad compile knob {name}={value!r}")
         cflags.append(f"-D{name}={value}")
+    return cflags
+
+
+def require_root() -> None:
+    if os.geteuid() != 0:
+        raise PrivilegeError("loading BPF programs needs root (CAP_BPF, CAP_PERFMON)",
+                             "run bpflbr-shell as root")
+
+
+class BccObject(ProbeObject):
+    """A program BCC compiled now: BCC made the maps; we load the bytecode ourselves (patched
+    with the runtime knobs), so both builders load exactly the same instructions."""
+
+    builder = "bcc"
+
+    def __init__(self, bpf: Any, patches: dict[str, int]) -> None:
+        self.bpf = bpf
+        lib = import_bcc().lib
+        names = [lib.bpf_function_name(bpf.module, i).decode()
+                 for i in range(lib.bpf_num_functions(bpf.module))]
+        self._funcs = {}
+        fds: set[int] = set()
+        for name in names:
+            insns = bpf.dump_func(name.encode())
+            self._funcs[name] = (insns, placeholder_slots(insns))
+            fds.update(imm(insns, pc) for pc in map_ref_slots(insns))
+        maps: dict[str, tuple[int, MapSpec]] = {}
+        for fd in sorted(fds):
+            info = libbpf.map_info(fd)
+            spec = MapSpec(info.name.decode(), info.type, info.key_size, info.value_size,
+                           info.max_entries, info.map_flags)
+            maps[spec.name] = (fd, spec)
+        super().__init__(maps, patches)
+
+    def functions(self) -> list[str]:
+        return list(self._funcs)
+
+    def _raw_func(self, name: str) -> tuple[bytes, dict[str, list[int]]]:
+        try:
+            return self._funcs[name]
+        except KeyError:
+            raise ValueError(f"the program has no function {name}") from None
+
+    def _release(self) -> None:
+        bpf, self.bpf = self.bpf, None
+        if bpf is not None:
+            bpf.cleanup()
+
+
+def compile_program(source: str, knobs: dict[str, int]) -> BccObject:
+    """``bpf/<source>`` compiled by BCC with integer ``knobs`` as -D defines (the runtime
+    ones as placeholders, patched when loading)."""
+    require_root()
+    bcc = import_bcc()
+    ok, detail = headers_status()
+    if not ok:
+        raise FeatureError(f"BCC cannot compile: {detail}",
+                           "install linux-headers for this kernel (scripts/bootstrap.sh)")
+    compiled, patches = split_knobs(knobs)
+    cflags = cflags_for(compiled)
     text = inline_local_includes(BPF_DIR / source)
     captured = CapturedStderr()
     try:
         with captured:
-            return bcc.BPF(text=text.encode(), cflags=cflags)
+            bpf = bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as exc:
         msg = captured.first_error() or (str(exc).splitlines() or [type(exc).__name__])[0]
         raise FeatureError(f"BCC failed to build {source}: {msg} ({detail})",
                            "see 'show features' for BCC headers") from None
+    try:
+        return BccObject(bpf, patches)
+    except BaseException:
+        bpf.cleanup()
+        raise

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FeatureError, NotFoundError, UsageError
+from ..errors import NotFoundError, UsageError
 from ..events import MAX_ARGS, RET_STR, Event
 from ..lbr import USER_SPACE, AddrRange
 from ..usersyms import ProbeSite
@@ -300,7 +300,7 @@ class UprobeTracer(ProbeTracer):
             stacks_with_lbr=opts.stacks_with_lbr, extra=opts.extra), on_event, label)
         self.targets = targets
         self.opts = opts
-        self._attached: list[tuple[str, int, bool]] = []
+        self._attached: list[int] = []  # uprobe perf event fds
         binaries = {t.binary for t in targets}
         # where the probes sit: places the binary in a process that exits before its events
         # are read (usersyms: func_ip - the function's link-time address = the load bias)
@@ -311,35 +311,32 @@ class UprobeTracer(ProbeTracer):
         return {"EMIT_ENTRY": int(not self.opts.retprobe), "PAIR_EXIT": int(self.opts.retprobe)}
 
     def attach(self) -> None:
-        bccprog.ensure_tracefs()  # BCC's uprobe detach path reads uprobe_events
+        """One perf event of the uprobe PMU per target and direction, ref_ctr_offset 0 (BCC's
+        Python binding passes a garbage one, and the kernel then refuses every other tracer's
+        uprobe on the same function, and theirs ours); no tracefs entries to leave behind."""
+        from ..kernel import perf
+
         pid = self.capture.pid
         if pid > 0 and not os.path.isdir(f"/proc/{pid}"):
-            # else BCC prints "probe entry may not exist" and fails with a bare Exception
             raise NotFoundError(f"no process {pid}", "--pid takes the id of a running process")
+        assert self.bpf is not None
+        entry = self.bpf.load_func("on_entry")
+        ret = self.bpf.load_func("on_return") if self.opts.retprobe else -1
         for t in self.targets:
-            try:
-                self.bpf.attach_uprobe(name=t.binary.encode(), addr=t.offset,
-                                       fn_name=b"on_entry", pid=pid)
-                self._attached.append((t.binary, t.offset, False))
-                if self.opts.retprobe:
-                    self.bpf.attach_uretprobe(name=t.binary.encode(), addr=t.offset,
-                                              fn_name=b"on_return", pid=pid)
-                    self._attached.append((t.binary, t.offset, True))
-            except Exception as exc:  # BCC raises bare Exception for load and attach failures
-                raise FeatureError(f"cannot attach to {t.binary}:{t.name}: {exc}",
-                                   "see 'show features' (uprobes, bcc)") from None
+            path = os.fsencode(t.binary)
+            what = f"cannot attach to {t.binary}:{t.name}"
+            self._attached.append(perf.attach_probe("uprobe", path, t.offset, False, pid,
+                                                    entry, what))
+            if self.opts.retprobe:
+                self._attached.append(perf.attach_probe("uprobe", path, t.offset, True, pid,
+                                                        ret, what))
 
     def detach(self) -> None:
-        pid = self.capture.pid
-        for binary, offset, ret in reversed(self._attached):
-            try:
-                if ret:
-                    self.bpf.detach_uretprobe(name=binary.encode(), addr=offset, pid=pid)
-                else:
-                    self.bpf.detach_uprobe(name=binary.encode(), addr=offset, pid=pid)
-            except Exception:
-                pass  # bpf.cleanup() closes the perf fds regardless
-        self._attached.clear()
+        """Closing a uprobe's perf event takes it off (the kernel unregisters it)."""
+        from ..kernel import perf
+
+        attached, self._attached = self._attached, []
+        perf.close_all(reversed(attached))
 
     def keep_ranges(self) -> list[AddrRange]:
         return [USER_SPACE]
