@@ -196,6 +196,7 @@ class BinaryImage:
         self._cache: dict[int, tuple[Any, ...] | None] = {}
         self._signatures: dict[str, Signature | None] = {}
         self._func_addrs: dict[str, list[int]] = {}
+        self._preferred: dict[int, str] = {}  # link-time address -> the name to show
         self.notices: list[str] = []  # said once each, then taken by the symbolizer
         self.prog, self.bias = self._open(self.file)
 
@@ -235,11 +236,21 @@ class BinaryImage:
                 file, line, col = src.filename, src.line, src.column
             except (LookupError, IndexError, ValueError):
                 pass
-            result = (sym.name, addr - sym.address, file, line, col)
+            name = self._preferred.get(sym.address - self.bias, sym.name)
+            result = (name, addr - sym.address, file, line, col)
         if len(self._cache) >= MAX_CACHE:
             self._cache.clear()
         self._cache[link_addr] = result
         return result
+
+    def prefer(self, names: Any) -> None:
+        """Name these functions so wherever one of their aliases would do: a trace of
+        ``open64`` shows ``open64``, not drgn's pick at that address (``__open``)."""
+        for name in names:
+            for addr in self.function_addrs(name):
+                self._preferred[addr] = name
+                self._cache = {a: r for a, r in self._cache.items()
+                               if r is None or a - r[1] != addr}
 
     def function_addrs(self, name: str) -> list[int]:
         """Link-time addresses of the function symbols called ``name``."""
@@ -544,6 +555,14 @@ class UserSymbolizer:
                     out += image.notices
                     image.notices = []
             return out
+
+    def prefer(self, path: str, names: Any) -> None:
+        """Show the traced functions by the names the user gave (see BinaryImage.prefer)."""
+        image = self._image(path)
+        if image is not None:
+            with self._lock:
+                image.prefer(names)
+                self._cache.clear()
 
     def image(self, path: str, pid: int = 0) -> BinaryImage | None:
         """The drgn view of one binary (opened once, shared with symbolization)."""

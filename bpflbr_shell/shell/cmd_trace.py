@@ -434,6 +434,8 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     targets = resolve_targets(binary, glob, pid=args.pid or 0, notes=notes)
     targets = resolve_ifuncs(targets, rt.user_syms, args.pid or 0, notes)
     extra = string_knobs(targets, rt.user_syms, asked, retprobe, notes)
+    for path in {t.binary for t in targets}:  # open64's events say open64, not __open
+        rt.user_syms.prefer(path, [t.name for t in targets if t.binary == path])
     for note in notes + rt.user_syms.take_notices():
         ctx.warn(note)
     kind = "uretprobe" if retprobe else "uprobe"
