@@ -188,3 +188,47 @@ def test_we_attach_while_bpftrace_traces_the_same_function(require_root, require
         if ours is not None:
             ours.close()
         theirs.kill()
+
+
+ADD_C = r"""
+#include <stdio.h>
+__attribute__((noinline)) int add(int a, int b) { return a + b; }
+int main(void)
+{
+    int s = 0;
+    for (int i = 0; i < NCALLS; i++)
+        s += add(i, 2 * i);
+    printf("%d\n", s);
+    return 0;
+}
+"""
+
+
+@pytest.mark.live
+def test_a_non_pie_executable_is_probed_at_the_file_offset(require_root, require_bcc,
+                                                          tmp_path: Path) -> None:
+    """Symbols give addresses; the uprobe PMU takes file offsets. In a -no-pie executable
+    they differ (text at 0x401000, file offset 0x1000): each of the N calls is an event."""
+    from bpflbr_shell.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("needs gcc to build the -no-pie target")
+    (tmp_path / "add.c").write_text(ADD_C)
+    binary = tmp_path / "add"
+    subprocess.run([gcc, "-O1", "-no-pie", f"-DNCALLS={N}", "-o", str(binary),
+                    str(tmp_path / "add.c")], check=True)
+    (target,) = resolve_targets(str(binary), "add")
+    assert target.offset >= 0x400000  # an address, not an offset
+    got = []
+    tracer = UprobeTracer([target], UprobeOptions(retprobe=True, lbr=False, ustack=False),
+                          lambda ev, k, u: got.append(ev.retval), "nopie")
+    tracer.start()
+    try:
+        subprocess.run([str(binary)], check=True, capture_output=True)
+        deadline = time.monotonic() + 10
+        while len(got) < N and time.monotonic() < deadline:
+            tracer.poll(50)
+    finally:
+        tracer.close()
+    assert got == [3 * i for i in range(N)]

@@ -350,10 +350,10 @@ def explain_probe_errno(err: int, kind: str) -> tuple[str, str | None]:
     """(why, fix) for a uprobe/kprobe perf event the kernel refused."""
     name = errno.errorcode.get(err, str(err))
     if kind == "uprobe" and err == errno.EINVAL:
-        return ("the kernel refused the uprobe (EINVAL): most likely another tracer holds a "
-                "uprobe at this address with a different ref_ctr_offset (a USDT semaphore, or "
-                "the garbage one Debian's BCC Python tools set); `dmesg | grep ref_ctr_offset` "
-                "tells", "stop the other tracer, or trace another function")
+        return ("the kernel refused the uprobe (EINVAL): another tracer holds a uprobe at this "
+                "address with a different ref_ctr_offset (a USDT semaphore, or the garbage one "
+                "Debian's BCC Python tools set: `dmesg | grep ref_ctr_offset` tells), or the "
+                "offset is outside the file", "stop the other tracer, or trace another function")
     if err == errno.ENOENT:
         return (f"no such {'file' if kind == 'uprobe' else 'function'} for the {kind} (ENOENT)",
                 None)

@@ -11,6 +11,7 @@ import fnmatch
 import os
 import re
 import shutil
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -285,6 +286,34 @@ def string_knobs(targets: list[UserTarget], user_syms: Any, asked: int, retprobe
     return {"STR_MASK": mask, "STR_COUNT": bin(mask).count("1")} if mask else {}
 
 
+_EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
+_PHDR = struct.Struct("<IIQQQQQQ")
+PT_LOAD = 1
+
+
+def file_offset(path: str, vaddr: int) -> int:
+    """The file offset of link-time address ``vaddr`` (what the uprobe PMU takes): through the
+    PT_LOAD segment holding it. Symbol values are addresses, and they equal offsets only when
+    the segment's vaddr equals its offset (typical PIE text, not -no-pie executables)."""
+    with open(path, "rb") as f:
+        head = f.read(_EHDR.size)
+        if len(head) < _EHDR.size or head[:4] != b"\x7fELF" or head[4] != 2 or head[5] != 1:
+            return vaddr  # not a little-endian ELF64: leave it to the kernel to judge
+        fields = _EHDR.unpack(head)
+        phoff, phentsize, phnum = fields[5], fields[9], fields[10]
+        if phentsize < _PHDR.size or phnum > 4096:
+            return vaddr
+        f.seek(phoff)
+        table = f.read(phentsize * phnum)
+    for i in range(min(phnum, len(table) // phentsize)):
+        ptype, _flags, offset, seg_vaddr, _paddr, filesz, _memsz, _align = \
+            _PHDR.unpack_from(table, i * phentsize)
+        if ptype == PT_LOAD and seg_vaddr <= vaddr < seg_vaddr + filesz:
+            return vaddr - seg_vaddr + offset
+    raise NotFoundError(f"{path}: address {vaddr:#x} is in no loaded segment of the file",
+                        "is it a function of this binary?")
+
+
 class UprobeTracer(ProbeTracer):
     """One compiled probe program attached to a set of user functions."""
 
@@ -325,10 +354,11 @@ class UprobeTracer(ProbeTracer):
         for t in self.targets:
             path = os.fsencode(t.binary)
             what = f"cannot attach to {t.binary}:{t.name}"
-            self._attached.append(perf.attach_probe("uprobe", path, t.offset, False, pid,
+            offset = file_offset(t.binary, t.offset)
+            self._attached.append(perf.attach_probe("uprobe", path, offset, False, pid,
                                                     entry, what))
             if self.opts.retprobe:
-                self._attached.append(perf.attach_probe("uprobe", path, t.offset, True, pid,
+                self._attached.append(perf.attach_probe("uprobe", path, offset, True, pid,
                                                         ret, what))
 
     def detach(self) -> None:
