@@ -7,6 +7,7 @@ prompt_toolkit's import.
 from __future__ import annotations
 
 import datetime
+import errno
 import os
 from collections.abc import Iterable
 from typing import Any
@@ -110,6 +111,28 @@ def make_session(ctx: Context, history: History | None = None, **kwargs: Any) ->
     )
 
 
+class FdReserve:
+    """File descriptors held while commands run and let go just before each prompt, so the
+    prompt can always open its event loop (epoll fd and self-pipe). A trace attaching many
+    probes once took the last fd and the REPL died in asyncio (``_UnixSelectorEventLoop``
+    without ``_ssock``)."""
+
+    def __init__(self, count: int = 8) -> None:
+        self.count = count
+        self.fds: list[int] = []
+
+    def hold(self) -> None:
+        while len(self.fds) < self.count:
+            try:
+                self.fds.append(os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC))
+            except OSError:
+                return  # take what is there; the next hold tries again
+
+    def release(self) -> None:
+        while self.fds:
+            os.close(self.fds.pop())
+
+
 def run_repl(ctx: Context, session: PromptSession | None = None) -> int:
     """Read-eval-print until ``quit`` or Ctrl-D; returns the exit status.
 
@@ -127,16 +150,28 @@ def run_repl(ctx: Context, session: PromptSession | None = None) -> int:
             return None
 
     ctx.push_reader(more)
+    reserve = FdReserve()
+    reserve.hold()
     try:
         with patch_stdout(raw=True):
             while not ctx.exit_requested:
+                reserve.release()
                 try:
                     line = session.prompt(PROMPT)
                 except KeyboardInterrupt:
                     continue
                 except EOFError:
                     break
+                except OSError as exc:
+                    if exc.errno not in (errno.EMFILE, errno.ENFILE):
+                        raise
+                    ctx.error_line("out of file descriptors: cannot read the next command "
+                                   "(stop traces or raise 'ulimit -n')")
+                    return 1
+                finally:
+                    reserve.hold()
                 run_line(ctx, line)
     finally:
+        reserve.release()
         ctx.pop_reader()
     return ctx.exit_code
