@@ -1597,3 +1597,34 @@ def select_readable(fd: int, timeout: float = 0.1) -> bool:
         return bool(sel.select(timeout))
     finally:
         sel.close()
+
+
+def test_h2_pid_in_another_mount_namespace(shell: InProcShell, target_bin: Path,
+                                           tmp_path: Path) -> None:
+    """A process in its own mount namespace runs a binary at a path that, in ours, holds
+    nothing: --pid finds it through /proc/P/maps and attaches through /proc/P/root."""
+    unshare = require_tool("unshare", "util-linux: a private mount namespace")
+    hidden = tmp_path / "ns"
+    hidden.mkdir()
+    script = (f'mount -t tmpfs none "{hidden}" && cp "{target_bin}" "{hidden}/nsprog" && '
+              f'exec "{hidden}/nsprog" {N}')
+    proc = subprocess.Popen([unshare, "--mount", "--propagation", "private", "sh", "-c", script],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        m = re.match(r"ready pid=(\d+) add=0x([0-9a-f]+)", read_line(proc.stdout, 20))
+        assert m, "the namespaced target did not start"
+        pid = int(m.group(1))
+        assert not (hidden / "nsprog").exists()  # not in our namespace
+        trace_id = start_trace(shell, f"trace uretprobe nsprog:add --pid {pid} --no-lbr "
+                                      "--quiet --bg")
+        assert shell.trace(trace_id).tracer.targets[0].binary == \
+            f"/proc/{pid}/root{hidden}/nsprog"
+        proc.stdin.write("a")
+        proc.stdin.flush()
+        assert read_line(proc.stdout, 20).startswith("done a")
+        shell.wait_delivered(trace_id, N)
+        events = shell.json(f"show events {N} --json")
+        assert [(e["func"], e["retval"]) for e in events] == [("add", 3 * i) for i in range(N)]
+    finally:
+        proc.stdin.close()
+        proc.wait(timeout=10)

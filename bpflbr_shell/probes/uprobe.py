@@ -142,14 +142,19 @@ def _lib_name_fits(name: str, base: str) -> bool:
 
 def in_namespace_of(pid: int, path: str) -> str:
     """``path`` as the process sees it, spelled so that we can open it: through
-    ``/proc/PID/root`` when its root is not ours (a container)."""
+    ``/proc/PID/root`` when that is not the file our own ``path`` names (another mount
+    namespace: a container, or a mount only the process sees)."""
+    theirs = f"/proc/{pid}/root{path}"
     try:
-        theirs, ours = os.stat(f"/proc/{pid}/root"), os.stat("/")
+        st_theirs = os.stat(theirs)
     except OSError:
-        return path
-    if (theirs.st_dev, theirs.st_ino) == (ours.st_dev, ours.st_ino):
-        return path
-    return f"/proc/{pid}/root{path}"
+        return path  # cannot look through: the kernel's spelling is what we have
+    try:
+        st_ours = os.stat(path)
+    except OSError:
+        return theirs
+    same = (st_ours.st_dev, st_ours.st_ino) == (st_theirs.st_dev, st_theirs.st_ino)
+    return path if same else theirs
 
 
 def other_copies(binary: str, limit: int = 4096) -> list[str]:
