@@ -1225,7 +1225,9 @@ int main(int argc, char **argv)
     while (read(0, &cmd, 1) == 1) {
         for (int i = 0; i < n; i++) {
             if (cmd == 'p')
-                sum += getppid(); /* getpid is every test's favourite: fewer collisions */
+                sum += getppid();
+            else if (cmd == 'P')
+                sum += getpid();
             else if (cmd == 'o')
                 sum += open("/nonexistent/bpflbr-h2", O_RDONLY);
             else if (cmd == 'l')
@@ -1323,23 +1325,26 @@ def resolve_libc() -> str:
     return resolve_binary("c")
 
 
-def test_h2_uretprobe_on_a_libc_assembly_stub(libc_targets) -> None:
-    """getppid's DWARF (an assembly stub's DW_TAG_unspecified_type, as getpid's) made drgn
-    raise and the trace end at its first event with 'internal error'. Now: N events, each
-    returning the target's parent (this test), and one notice that the values are raw."""
+@pytest.mark.parametrize("func, cmd", [("getpid", "P"), ("getppid", "p")])
+def test_h2_uretprobe_on_a_libc_assembly_stub(libc_targets, func: str, cmd: str) -> None:
+    """getpid's DWARF (an assembly stub's DW_TAG_unspecified_type; getppid's is the same)
+    made drgn raise and the trace end at its first event with 'internal error'. Now: N
+    events, each returning what the call returns (the target's pid, its parent's: this
+    test), and one notice that the values are raw."""
     require_libc_dwarf()
     t = libc_targets()
-    sh = ShellProc(f"trace uretprobe c:getppid --pid {t.pid} --limit {N} --duration 60s "
+    sh = ShellProc(f"trace uretprobe c:{func} --pid {t.pid} --limit {N} --duration 60s "
                    "--json --no-lbr")
     try:
         sh.wait_for(r"^trace 1: uretprobe on 1 function\(s\) of ")
-        t.run("p")
+        t.run(cmd)
         rc = sh.finish()
     finally:
         sh.kill()
     assert rc == 0, sh.err
     events = json_events(sh.lines)
-    assert [e["retval"] for e in events] == [os.getpid()] * N, sh.err
+    expected = t.pid if func == "getpid" else os.getpid()
+    assert [e["retval"] for e in events] == [expected] * N, sh.err
     assert all(e["pid"] == t.pid and e["kind"] == "exit" for e in events)
     assert "internal error" not in sh.err
     notices = [ln for ln in sh.err.splitlines() if "DWARF type is unreadable" in ln]
