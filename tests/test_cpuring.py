@@ -112,3 +112,42 @@ def test_wait_returns_at_once_when_something_is_pending(rings: AnonRings) -> Non
     assert rings.wait(0) is False
     rings.publish(1, 1, 1)
     assert rings.wait(1000) is True
+
+
+def test_a_deadline_cuts_a_drain_short_and_keeps_the_rest(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reader works in bounded slices: a drain past its deadline hands out no more (it
+    looks at the clock every CHECK_EVERY records), and what it did not hand out waits, in
+    order."""
+    import time
+
+    from bpflbr_shell.probes.cpuring import CHECK_EVERY
+
+    real = mmap.mmap
+    monkeypatch.setattr(mmap, "mmap", lambda fd, size, *a, **k: real(-1, size))
+    big = AnonRings(-1, 2, 64, RECORD)
+    monkeypatch.setattr(mmap, "mmap", real)
+    try:
+        for i in range(64):  # both CPUs' rings full
+            big.publish(0, 2 * i, i)
+            big.publish(1, 2 * i + 1, i)
+        n = big.drain(lambda rec: None, deadline=time.monotonic())  # already due
+        assert n == CHECK_EVERY < 128
+        assert big.pending() == 128 - n and big.consumed() == n
+        assert [ts for ts, _, _ in drained(big)] == list(range(n, 128))
+        for i in range(40):
+            big.publish(i % 2, 1000 + i, i)
+        assert big.drain(lambda rec: None, deadline=time.monotonic() + 60) == 40
+    finally:
+        big.close()
+
+
+def test_discard_gives_every_slot_back_and_counts_it(rings: AnonRings) -> None:
+    for ts, cpu in ((1, 0), (2, 1), (3, 1)):
+        rings.publish(cpu, ts, ts)
+    assert drained(rings, limit=1) == [(1, 0, 1)]
+    assert rings.discard() == 2
+    assert rings.pending() == 0 and rings.consumed() == rings.published() == 3
+    assert rings.discard() == 0
+    rings.publish(0, 9, 9)  # the slots are the probes' again
+    assert [ts for ts, _, _ in drained(rings)] == [9]
