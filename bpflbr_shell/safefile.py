@@ -85,17 +85,22 @@ def check_fd(fd: int, path: str, uid: int | None = None, *, narrow_to: int | Non
 def open_safe(path: str, flags: int = os.O_RDONLY, mode: int = 0o600, uid: int | None = None,
               *, narrow: bool = True) -> int:
     """``os.open`` with the rules above; returns the fd. With ``O_CREAT`` a new file gets
-    ``mode`` and, when ``narrow``, an existing wider one is narrowed to it."""
+    ``mode`` and, when ``narrow``, an existing wider one is narrowed to it. ``O_TRUNC`` is
+    applied only after the checks (a hard link to a victim must not be emptied first)."""
     uid = os.geteuid() if uid is None else uid
     check_dir(os.path.dirname(os.path.abspath(path)) or "/", uid)
+    truncate = flags & os.O_TRUNC
     try:
-        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY, mode)
+        fd = os.open(path, (flags & ~os.O_TRUNC) | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY,
+                     mode)
     except OSError as exc:
         if exc.errno == errno.ELOOP:
             raise _refuse(path, "it is a symlink") from None
         raise
     try:
         check_fd(fd, path, uid, narrow_to=mode if flags & os.O_CREAT and narrow else None)
+        if truncate:
+            os.ftruncate(fd, 0)
     except BaseException:
         os.close(fd)
         raise

@@ -42,6 +42,7 @@ sys.path.insert(1, str(HERE.parent))
 import _libbpf_obj as obj  # noqa: E402
 
 from bpflbr_shell.kernel import libbpf  # noqa: E402
+from bpflbr_shell.safefile import UnsafeFileError, ensure_private_dir, open_safe  # noqa: E402
 
 LIBBPF_SRC = HERE / "lbrdemo.bpf.c"
 BCC_SRC = HERE / "sockstat.bcc.c"
@@ -76,9 +77,15 @@ def compile_object(src: Path, cache_dir: Path, clang: str) -> Path:
         src.read_bytes() + "\0".join(CFLAGS).encode() + version.encode()
         + b"\0debug-prefix-v2").hexdigest()[:16]
     out = cache_dir / f"{src.name.removesuffix('.c')}-{key}.o"
-    if out.exists():
-        return out
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # root loads what is cached here: the directory must be ours alone (0700), and a
+        # cached object a regular file we own, one link, writable by nobody else
+        ensure_private_dir(str(cache_dir))
+        if os.path.lexists(out):
+            os.close(open_safe(str(out)))
+            return out
+    except UnsafeFileError as exc:
+        raise SystemExit(f"workload: cache: {exc}") from None
     fd, tmp = tempfile.mkstemp(dir=cache_dir, suffix=".o.tmp")
     os.close(fd)
     try:
@@ -220,7 +227,14 @@ def run(args: argparse.Namespace, announce: Callable[[str], None]) -> int:
             wl.stats_fd = libbpf.enable_stats()
             wl.trigger()
         if args.pidfile:
-            Path(args.pidfile).write_text(f"{os.getpid()}\n")
+            try:
+                fd = open_safe(args.pidfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
+            except UnsafeFileError as exc:
+                raise SystemExit(f"workload: --pidfile: {exc}") from None
+            try:
+                os.write(fd, f"{os.getpid()}\n".encode())
+            finally:
+                os.close(fd)
         announce("ready ids=" + ",".join(map(str, ids)))
         interval = args.trigger_ms / 1000 if args.trigger_ms > 0 else None
         while not stop.wait(interval):
@@ -236,6 +250,13 @@ def run(args: argparse.Namespace, announce: Callable[[str], None]) -> int:
 
 def daemonize(args: argparse.Namespace) -> int:
     """Fork a detached child that runs the workload; relay its ready line or its failure."""
+    logfd = -1
+    if args.log:  # opened here, so a refused log file fails the start, not the daemon
+        try:
+            logfd = open_safe(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        except (UnsafeFileError, OSError) as exc:
+            print(f"workload: --log: {exc}", file=sys.stderr)
+            return 1
     rfd, wfd = os.pipe()
     pid = os.fork()
     if pid == 0:
@@ -244,8 +265,7 @@ def daemonize(args: argparse.Namespace) -> int:
         devnull = os.open(os.devnull, os.O_RDWR)
         os.dup2(devnull, 0)
         os.dup2(devnull, 1)
-        if args.log:
-            logfd = os.open(args.log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        if logfd >= 0:
             os.dup2(logfd, 2)
             os.close(logfd)
         else:
@@ -264,6 +284,8 @@ def daemonize(args: argparse.Namespace) -> int:
         finally:
             os._exit(status)
     os.close(wfd)
+    if logfd >= 0:
+        os.close(logfd)
     with os.fdopen(rfd) as r:
         line = r.readline().strip()
     if line.startswith("ready "):

@@ -43,6 +43,18 @@ def test_hard_link_refused(tmp_path):
     assert open(victim, "rb").read() == content
 
 
+def test_truncate_only_after_the_checks(tmp_path):
+    victim, content = _victim(tmp_path)
+    os.link(victim, tmp_path / "pidfile")
+    with pytest.raises(UnsafeFileError, match="hard links"):
+        open_safe(str(tmp_path / "pidfile"), os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+    assert open(victim, "rb").read() == content
+    ours = tmp_path / "ours"
+    ours.write_bytes(b"old contents")
+    os.close(open_safe(str(ours), os.O_WRONLY | os.O_CREAT | os.O_TRUNC))
+    assert ours.read_bytes() == b""
+
+
 def test_new_file_is_0600_and_wider_existing_narrowed(tmp_path):
     path = tmp_path / "new"
     os.close(open_safe(str(path), os.O_WRONLY | os.O_CREAT))
