@@ -20,7 +20,7 @@ from ..errors import NotFoundError, UsageError
 from ..events import MAX_ARGS, RET_STR, Event
 from ..lbr import USER_SPACE, AddrRange
 from ..usersyms import ProbeSite
-from . import bccprog
+from . import bccprog, elfsyms
 from .base import CaptureOptions, ProbeTracer
 
 MAX_TARGETS = 256
@@ -199,13 +199,13 @@ def resolve_targets(binary: str, glob: str, pid: int = 0,
 
 
 def _functions(path: str, glob: str, regex: str | None = None) -> list[UserTarget]:
-    bcc = bccprog.import_bcc()
+    """BCC's get_user_functions_and_addresses, read by elfsyms (no ``import bcc``)."""
     regex = regex or fnmatch.translate(glob)
     try:
-        found = bcc.BPF.get_user_functions_and_addresses(path.encode(), regex.encode())
-    except Exception as exc:
+        found = elfsyms.function_symbols(path, regex)
+    except (OSError, elfsyms.ElfError) as exc:
         raise NotFoundError(f"cannot read symbols of {path}: {exc}") from None
-    return sorted({UserTarget(path, n.decode(), a) for n, a in found},
+    return sorted({UserTarget(path, n, a) for n, a in found},
                   key=lambda t: (t.name, t.offset))
 
 
