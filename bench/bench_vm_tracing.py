@@ -51,6 +51,7 @@ import json
 import os
 import resource
 import statistics
+import subprocess
 import sys
 import threading
 import time
@@ -717,6 +718,90 @@ def print_floor(f: dict[str, Any]) -> None:
               f"  -> {f['ratio_vs_empty'][key]:.2f}x")
 
 
+# 4. time to attach one kernel function: ours cold/warm vs bpftrace ----------------------------
+SENDER = ("import socket, sys, time\n"
+          "srv = socket.socket(); srv.bind(('127.0.0.1', 0)); srv.listen(1)\n"
+          "c = socket.create_connection(srv.getsockname()); a, _ = srv.accept()\n"
+          "a.setblocking(False)\n"
+          "while True:\n"
+          "    c.sendall(b'x'); time.sleep(0.001)\n"
+          "    try:\n"
+          "        a.recv(65536)\n"
+          "    except BlockingIOError:\n"
+          "        pass\n")
+
+
+def bench_first(opts: argparse.Namespace) -> dict[str, Any]:
+    """``trace kfunc tcp_sendmsg --pid P --limit 1`` through the installed CLI with an empty
+    probe cache (BCC compiles), with the cache a first run filled, and bpftrace's
+    ``kprobe:tcp_sendmsg /pid == P/`` on the same target (a process calling tcp_sendmsg every
+    millisecond), interleaved: seconds from starting the tracer to its probes attached
+    (ours: the 'trace 1:' status line, printed once attached; bpftrace: BEGIN, which runs
+    once every probe is attached) and to its first event line."""
+    import shutil
+    import tempfile
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from bench_first_event import CACHE_ENV, SHELL, private_dir, timed
+
+    bpftrace = shutil.which("bpftrace")
+    target = subprocess.Popen([sys.executable, "-c", SENDER])
+    try:
+        pid = target.pid
+        ours = [SHELL, "-c", f"trace kfunc tcp_sendmsg --pid {pid} --limit 1"]
+        theirs = [bpftrace or "bpftrace", "-e", 'BEGIN { printf("attached\\n"); } '
+                  f'kprobe:tcp_sendmsg /pid == {pid}/ {{ printf("x\\n"); exit(); }}']
+        markers = {"ours": (b"trace 1: ", b"#1 "), "bpftrace": (b"attached", b"x")}
+        with tempfile.TemporaryDirectory(prefix="bench_vm_first.") as tmpname:
+            tmp = Path(tmpname)
+            os.chmod(tmp, 0o700)
+            warm = private_dir(tmp, "warm")
+            env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+            env["PYTHONPYCACHEPREFIX"] = str(tmp / "pycache")  # as installed: bytecode cached
+            timed(ours, {**env, CACHE_ENV: str(warm)}, *markers["ours"])  # fills both caches
+            runs: dict[str, list[tuple[float, float]]] = {"cold": [], "warm": []}
+            if bpftrace:
+                runs["bpftrace"] = []
+            for r in range(opts.first_rounds):
+                kinds = list(runs)
+                kinds = kinds[r % len(kinds):] + kinds[:r % len(kinds)]
+                for kind in kinds:
+                    if kind == "bpftrace":
+                        got = timed(theirs, env, *markers["bpftrace"])
+                    else:
+                        cache = warm if kind == "warm" else private_dir(tmp, f"cold{r}")
+                        got = timed(ours, {**env, CACHE_ENV: str(cache)}, *markers["ours"])
+                    runs[kind].append(got)
+                    progress(f"first round {r + 1}/{opts.first_rounds} {kind}: attached "
+                             f"{got[0]:.1f} s, first event {got[1]:.1f} s")
+    finally:
+        target.kill()
+        target.wait()
+    out: dict[str, Any] = {"rounds": opts.first_rounds, "bpftrace": bool(bpftrace)}
+    for i, what in enumerate(("attached", "first_event")):
+        med = {k: med([t[i] for t in v]) for k, v in runs.items()}
+        out[what] = {"median_s": med,
+                     "min_s": {k: min(t[i] for t in v) for k, v in runs.items()},
+                     "max_s": {k: max(t[i] for t in v) for k, v in runs.items()}}
+        if bpftrace:
+            out[what]["ratio_to_bpftrace"] = {k: med[k] / med["bpftrace"]
+                                              for k in ("cold", "warm")}
+    return out
+
+
+def print_first(f: dict[str, Any]) -> None:
+    print(f"4. time to attach one kernel function (trace kfunc tcp_sendmsg --pid P --limit 1 "
+          f"vs bpftrace kprobe:tcp_sendmsg), {f['rounds']} interleaved rounds, seconds from "
+          "starting the tracer; cold = empty probe cache (BCC compiles), warm = cache filled")
+    for what, title in (("attached", "to probes attached"), ("first_event", "to the first event")):
+        r = f[what]
+        print(f"   {title}:")
+        for k in r["median_s"]:
+            ratio = r.get("ratio_to_bpftrace", {}).get(k)
+            print(f"     {k:9} median {r['median_s'][k]:6.1f} s  (min {r['min_s'][k]:.1f}, "
+                  f"max {r['max_s'][k]:.1f})" + (f"  {ratio:.2f}x bpftrace" if ratio else ""))
+
+
 def main() -> int:
     global QUIET
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -730,7 +815,9 @@ def main() -> int:
                     help="most functions BCC attaches one by one in the 'all' case")
     ap.add_argument("--bcc-all-rounds", type=int, default=1,
                     help="rounds of BCC in the 'all' case (minutes each under TCG)")
-    ap.add_argument("--only", choices=("attach", "cost", "floor"))
+    ap.add_argument("--first-rounds", type=int, default=3,
+                    help="rounds of the time-to-attach comparison (section 4)")
+    ap.add_argument("--only", choices=("attach", "cost", "floor", "first"))
     ap.add_argument("--json", action="store_true")
     opts = ap.parse_args()
     opts.glob = opts.glob or list(DEFAULT_GLOBS)
@@ -753,6 +840,8 @@ def main() -> int:
         result["cost_per_call"] = bench_cost(opts)
     if opts.only in (None, "floor"):
         result["floor"] = bench_floor(opts)
+    if opts.only in (None, "first"):
+        result["first"] = bench_first(opts)
     if opts.json:
         print(json.dumps(result, indent=2))
         return 0
@@ -763,6 +852,8 @@ def main() -> int:
         print_cost(result["cost_per_call"])
     if "floor" in result:
         print_floor(result["floor"])
+    if "first" in result:
+        print_first(result["first"])
     return 0
 
 

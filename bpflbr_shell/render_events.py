@@ -17,6 +17,7 @@ from typing import Any
 
 from . import lbr as lbrmod
 from .events import RET_STR, CapturedStr, Event
+from .kstack import tracer_frames
 from .lbr import AddrRange, Endpoint
 from .render import CYAN, DIM, GREEN, YELLOW, paint, safe
 from .symbols import Location
@@ -215,8 +216,11 @@ def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
         if cut:
             lines.append(f"     ({cut} more: not in any mapping of the process)")
     if event.kstack and opts.show_kstack:
-        lines.append("   kernel stack:")
-        lines += [f"     {safe(symbolize(event, a).format())}" for a in event.kstack]
+        frames, hidden = kernel_frames(event, symbolize, opts.lbr_trim)
+        lines.append("   kernel stack:" + (f" ({hidden} tracer frame{'s' * (hidden > 1)} "
+                                          "hidden; 'set lbr-trim off' shows them)"
+                                          if hidden else ""))
+        lines += [f"     {safe(loc.format())}" for loc in frames]
     return "\n".join(lines)
 
 
@@ -231,6 +235,16 @@ def user_frames(event: Event, symbolize: Symbolize) -> tuple[list[Location], int
             return frames, len(event.ustack) - n
         frames.append(loc)
     return frames, 0
+
+
+def kernel_frames(event: Event, symbolize: Symbolize, trim: bool) -> tuple[list[Location], int]:
+    """The kernel stack's frames without the tracer's own above the traced function (with
+    ``trim``, as LBR trimming: ``set lbr-trim off`` keeps them), and how many were hidden."""
+    frames = [symbolize(event, a) for a in event.kstack]
+    if not trim or not frames:
+        return frames, 0
+    hidden = tracer_frames(frames, symbolize(event, event.func_ip) if event.func_ip else None)
+    return frames[hidden:], hidden
 
 
 def frame_text(loc: Location) -> str:
@@ -252,6 +266,7 @@ def event_to_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
     types (an ``int`` of -1 is -1, not 4294967295), raw without one."""
     result = lbrmod.trim(event.lbr, opts.tracer_ranges, opts.keep_ranges, opts.lbr_trim)
     sig = as_signature(params)
+    kstack, kstack_hidden = kernel_frames(event, symbolize, opts.lbr_trim)
     return {
         "id": event.id, "probe": event.probe, "kind": event.kind, "ts_ns": event.ts_ns,
         "pid": event.pid, "tid": event.tid, "cpu": event.cpu, "comm": event.comm,
@@ -264,7 +279,8 @@ def event_to_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
                  "mispred": nb.branch.mispred} for nb in result.entries],
         "lbr_dropped": result.dropped_tracer + result.dropped_outside,
         "ustack": [location_json(loc) for loc in user_frames(event, symbolize)[0]],
-        "kstack": [location_json(symbolize(event, a)) for a in event.kstack],
+        "kstack": [location_json(loc) for loc in kstack],
+        "kstack_hidden": kstack_hidden,
         **({"strings": strings_of(event, sig)} if event.strings else {}),
     }
 
@@ -277,7 +293,7 @@ def event_to_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
 _LOC_TEXT: dict[int, list] = {}  # id(loc) -> [loc, sorted text, unsorted text]
 _EVENT_KEYS = ("id", "probe", "kind", "ts_ns", "pid", "tid", "cpu", "comm", "func", "func_ip",
                "args", "retval", "duration_ns", "lbr_ret", "lbr", "lbr_dropped", "ustack",
-               "kstack")  # event_to_json's order
+               "kstack", "kstack_hidden")  # event_to_json's order
 _KEY_TEXT = {k: json.dumps(k) for k in _EVENT_KEYS}
 _KEY_TEXT["strings"] = json.dumps("strings")  # only events that carry captured strings
 _SORTED_KEYS = tuple(sorted(_EVENT_KEYS))
@@ -315,6 +331,7 @@ def event_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
     """``json.dumps(event_to_json(event, ...), sort_keys=sort_keys)``, the same text, faster."""
     result = lbrmod.trim(event.lbr, opts.tracer_ranges, opts.keep_ranges, opts.lbr_trim)
     sig = as_signature(params)
+    kstack, kstack_hidden = kernel_frames(event, symbolize, opts.lbr_trim)
     loc = _location_text
     if sort_keys:
         rows = [f'{{"from": {loc(symbolize(event, b.src), True)}, "index": {i}, "mispred": '
@@ -340,8 +357,8 @@ def event_json(event: Event, symbolize: Symbolize, opts: RenderOptions,
         "lbr_dropped": val(result.dropped_tracer + result.dropped_outside, sort_keys),
         "ustack": "[" + ", ".join(loc(frame, sort_keys)
                                   for frame in user_frames(event, symbolize)[0]) + "]",
-        "kstack": "[" + ", ".join(loc(symbolize(event, a), sort_keys)
-                                  for a in event.kstack) + "]",
+        "kstack": "[" + ", ".join(loc(frame, sort_keys) for frame in kstack) + "]",
+        "kstack_hidden": val(kstack_hidden, sort_keys),
     }
     keys = _SORTED_KEYS if sort_keys else _EVENT_KEYS
     if event.strings:

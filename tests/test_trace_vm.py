@@ -191,6 +191,11 @@ def test_lbr_notice_once_and_stacks_instead(shell: Shell, socket_filter) -> None
     assert len(notices) == 1  # the guest has no PMU either
     event = shell.json("show events 1 --json")[0]
     assert event["lbr"] == [] and event["kstack"], "a kernel stack stands in for the LBR"
+    # our fexit program and the trampoline sit above the traced program: hidden by default
+    assert event["kstack_hidden"] == 2 and event["kstack"][0]["func"].endswith("_len_filter")
+    shell.run("set lbr-trim off")
+    event = shell.json("show events 1 --json")[0]
+    assert event["kstack_hidden"] == 0
     names = [f["func"] for f in event["kstack"]]
     # the unwinder walks from our fexit program through the trampoline into the target
     assert any(n and n.endswith("_len_filter") for n in names), names
@@ -257,7 +262,7 @@ def test_kfunc_backends_exit_retval(shell: Shell, reader: Reader, backend: str) 
     assert f"--backend {backend}" in shell.run("trace list")
     sizes = (3, 11, -1, 7)
     reader.run(*sizes)
-    time.sleep(0.3)
+    wait_delivered(shell, len(sizes))
     shell.run("trace stop")
     events = [e for e in shell.json("show events 50 --json")
               if e["func"] == "ksys_read" and e["kind"] == "exit"]
@@ -277,3 +282,252 @@ def test_kfunc_backends_exit_retval(shell: Shell, reader: Reader, backend: str) 
 def test_module_functions_are_tagged(shell: Shell) -> None:
     dry = shell.run("trace kfunc 'p9_*' --dry-run")
     assert "[9pnet" in dry, dry  # 9p is a module in the guest (it carries the root fs)
+
+
+# trace kfunc on real workloads: the first call, aliases, module functions, stacks ------------
+class Sender:
+    """A child process connected over TCP to a local sink; each ``send(sizes)`` is one
+    sendall() per size (one tcp_sendmsg each, returning the size)."""
+
+    SCRIPT = (
+        "import socket, sys, time\n"
+        "s = socket.create_connection(('127.0.0.1', int(sys.argv[1])))\n"
+        "print('ready', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    words = line.split()\n"
+        "    if words[0] == 'stream':  # until stdin says stop: sizes 1..200, 1 ms apart\n"
+        "        import select, os\n"
+        "        log, n = [], 0\n"
+        "        while not select.select([sys.stdin], [], [], 0.001)[0]:\n"
+        "            n = n % 200 + 1\n"
+        "            log.append((time.monotonic(), n))\n"
+        "            s.sendall(b'x' * n)\n"
+        "        sys.stdin.readline()\n"
+        "        print(' '.join(f'{t:.6f}:{k}' for t, k in log), flush=True)\n"
+        "        continue\n"
+        "    for n in map(int, words):\n"
+        "        s.sendall(b'x' * n)\n"
+        "    print('done', flush=True)\n"
+    )
+
+    def __init__(self) -> None:
+        import socket
+        import threading
+
+        self.sink = socket.socket()
+        self.sink.bind(("127.0.0.1", 0))
+        self.sink.listen(1)
+
+        def drain() -> None:
+            conn, _ = self.sink.accept()
+            while conn.recv(1 << 16):
+                pass
+
+        threading.Thread(target=drain, daemon=True).start()
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT,
+                                      str(self.sink.getsockname()[1])],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        assert self.proc.stdout and self.proc.stdout.readline().strip() == "ready"
+        self.pid = self.proc.pid
+
+    def send(self, sizes: list[int]) -> None:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(" ".join(map(str, sizes)) + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done"
+
+    def start_stream(self) -> None:
+        assert self.proc.stdin
+        self.proc.stdin.write("stream\n")
+        self.proc.stdin.flush()
+
+    def stop_stream(self) -> list[tuple[float, int]]:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write("stop\n")
+        self.proc.stdin.flush()
+        return [(float(t), int(n)) for t, n in
+                (w.split(":") for w in self.proc.stdout.readline().split())]
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+        self.sink.close()
+
+
+@pytest.fixture
+def sender() -> Iterator[Sender]:
+    s = Sender()
+    try:
+        yield s
+    finally:
+        s.close()
+
+
+def wait_delivered(shell: Shell, at_least: int, timeout: float = 120.0) -> dict:
+    """Until the running trace has delivered every published event (and at least
+    ``at_least``): under TCG the first delivery (symbolizer, BTF) takes seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = shell.json("show stats --json")[-1]
+        if stats["delivered"] >= max(at_least, stats.get("submitted", 0)) \
+                or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("backend", ["multi", "kprobe", "fentry"])
+def test_kfunc_exit_sees_the_first_call(shell: Shell, sender: Sender, backend: str) -> None:
+    """Exactly N calls after the trace is attached: N return events, the first included, in
+    order, each with the function's own return value (the bytes sent)."""
+    shell.run(f"trace kfunc tcp_sendmsg --backend {backend} --exit --pid {sender.pid} "
+              "--bg --quiet --no-lbr")
+    sizes = list(range(1, 21))
+    sender.send(sizes)
+    stats = wait_delivered(shell, len(sizes))
+    shell.run("trace stop")
+    events = [e for e in shell.json("show events 100 --json") if e["pid"] == sender.pid]
+    assert [e["retval"] for e in events] == sizes, backend
+    assert all(e["kind"] == "exit" and e["func"] == "tcp_sendmsg" for e in events)
+    assert stats["drops"] == 0 and stats["hits"] == len(sizes), stats
+    if backend != "fentry":  # every exit paired with its entry: args and a duration
+        assert all(e["duration_ns"] > 0 and e["args"]["size"] == e["retval"] for e in events)
+
+
+def our_maps(progs_before: set[int], name: str) -> list[int]:
+    """Ids of the maps called ``name`` that the programs loaded since ``progs_before`` use."""
+    ids: set[int] = set()
+    for pid, p in bpftool_ids("prog").items():
+        if pid not in progs_before:
+            ids.update(p.get("map_ids", []))
+    maps = bpftool_ids("map")
+    return sorted(i for i in ids if maps.get(i, {}).get("name") == name)
+
+
+@pytest.mark.parametrize("backend", ["multi", "kprobe"])
+def test_kfunc_exit_probe_is_attached_before_the_entry(shell: Shell, sender: Sender,
+                                                       backend: str) -> None:
+    """Calls all through the attach: no entry may be stashed for an exit that is not yet
+    attached (that call was counted and never delivered: the trace's first call lost). Every
+    call made after the command returned is delivered, and the events are exactly the
+    workload's last calls, in order."""
+    progs_before = set(bpftool_ids("prog"))
+    sender.start_stream()
+    shell.run(f"trace kfunc tcp_sendmsg --backend {backend} --exit --pid {sender.pid} "
+              "--bg --quiet --no-lbr")
+    attached = time.monotonic()
+    time.sleep(0.5)
+    calls = sender.stop_stream()
+    try:
+        (active,) = our_maps(progs_before, "active")
+        stale = json.loads(subprocess.run(["bpftool", "map", "dump", "id", str(active), "--json"],
+                                          check=True, capture_output=True, text=True).stdout)
+        wait_delivered(shell, 1)
+    finally:
+        shell.run("trace stop")
+    assert stale == [], f"{len(stale)} entries stashed whose exits were never seen"
+    got = [e["retval"] for e in shell.json("show events 10000 --json") if e["pid"] == sender.pid]
+    after = [n for t, n in calls if t > attached]
+    assert len(after) > 10 and len(got) >= len(after)
+    assert got == [n for _, n in calls[-len(got):]]
+
+
+@pytest.mark.parametrize("backend", ["multi", "fentry"])
+def test_kfunc_alias_is_traced_by_its_listed_name(shell: Shell, backend: str) -> None:
+    """__x64_sys_getpid is not in available_filter_functions (ftrace lists __do_sys_getpid at
+    its address): it is traced through that name, said once, events named as asked."""
+    worker = subprocess.Popen([sys.executable, "-c", "import os, sys\nfor line in sys.stdin:\n"
+                               "    [os.getpid() for _ in range(int(line))]\n"
+                               "    print(flush=True)\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        shell.run(f"trace kfunc __x64_sys_getpid --backend {backend} --pid {worker.pid} "
+                  "--bg --quiet --no-lbr")
+        assert "__x64_sys_getpid is traced as __do_sys_getpid (same address)" \
+            in shell.err.getvalue()
+        assert worker.stdin and worker.stdout
+        worker.stdin.write("5\n")
+        worker.stdin.flush()
+        worker.stdout.readline()
+        wait_delivered(shell, 5)
+    finally:
+        shell.run("trace stop")
+        worker.kill()
+        worker.wait()
+    events = [e for e in shell.json("show events 100 --json") if e["pid"] == worker.pid]
+    assert len(events) == 5 and {e["func"] for e in events} == {"__x64_sys_getpid"}
+    dry = shell.run("trace kfunc '__x64_sys_*' --dry-run")
+    assert "(asked as __x64_sys_getpid)" in dry
+    assert "functions are traced as the name ftrace lists at their address" \
+        in shell.err.getvalue()
+
+
+@pytest.mark.parametrize("backend", ["fentry", "multi"])
+def test_kfunc_module_function_typed_from_module_btf(shell: Shell, backend: str) -> None:
+    """A 9p function (the guest's root is 9p; a read of a file on the rw share calls
+    v9fs_file_read_iter once for the data and once more at EOF), typed from
+    /sys/kernel/btf/9p; fentry attaches through the module's BTF object."""
+    path = Path(os.environ["BPFLBR_VM_SHARE"]) / f"kfunc-module-{backend}.txt"
+    path.write_text("hello\n")
+    worker = subprocess.Popen([sys.executable, "-c", "import sys\nfor line in sys.stdin:\n"
+                               f"    [open({str(path)!r}).read() for _ in range(int(line))]\n"
+                               "    print(flush=True)\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    links_before = set(bpftool_ids("link"))
+    try:
+        shell.run(f"trace kfunc v9fs_file_read_iter --backend {backend} --exit "
+                  f"--pid {worker.pid} --bg --quiet --no-lbr")
+        new = [v for k, v in bpftool_ids("link").items() if k not in links_before]
+        if backend == "fentry":  # the kernel's link info (bpftool 7.1 does not print it)
+            from bpflbr_shell.kernel import libbpf
+
+            btfs = json.loads(subprocess.run(["bpftool", "btf", "show", "--json"], check=True,
+                                             capture_output=True, text=True).stdout)
+            ninep = [b["id"] for b in btfs if b.get("name") == "9p"]
+            (link,) = new
+            fd = libbpf.link_fd_by_id(link["id"])
+            try:
+                assert [libbpf.link_info(fd).tracing.target_obj_id] == ninep, link
+            finally:
+                os.close(fd)
+        assert worker.stdin and worker.stdout
+        worker.stdin.write("3\n")
+        worker.stdin.flush()
+        worker.stdout.readline()
+        wait_delivered(shell, 6)
+    finally:
+        shell.run("trace stop")
+        worker.kill()
+        worker.wait()
+    events = [e for e in shell.json("show events 100 --json") if e["pid"] == worker.pid]
+    assert [e["retval"] for e in events] == [6, 0] * 3, backend  # ssize_t: bytes, then EOF
+    assert all(set(e["args"]) == {"iocb", "to"} for e in events), events[0]["args"]
+
+
+def test_kfunc_kernel_stack_hides_the_tracer(shell: Shell) -> None:
+    """fentry's stack starts in our program and the trampoline: hidden and counted, the
+    traced function first; 'set lbr-trim off' shows them."""
+    worker = subprocess.Popen([sys.executable, "-c", "import os, sys\nfor line in sys.stdin:\n"
+                               "    os.getpid()\n    print(flush=True)\n"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        shell.run(f"trace kfunc __do_sys_getpid --backend fentry --kstack --pid {worker.pid} "
+                  "--bg --quiet --no-lbr")
+        assert worker.stdin and worker.stdout
+        worker.stdin.write("\n")
+        worker.stdin.flush()
+        worker.stdout.readline()
+        wait_delivered(shell, 1)
+    finally:
+        shell.run("trace stop")
+        worker.kill()
+        worker.wait()
+    (event,) = [e for e in shell.json("show events 10 --json") if e["pid"] == worker.pid]
+    assert event["kstack_hidden"] == 2
+    top = event["kstack"][0]
+    assert top["addr"] - top["offset"] == event["func_ip"]  # the traced function itself
+    assert "(2 tracer frames hidden; 'set lbr-trim off' shows them)" \
+        in shell.run(f"show event {event['id']} --kstack")
+    shell.run("set lbr-trim off")
+    full = shell.json(f"show event {event['id']} --json")
+    assert full["kstack_hidden"] == 0 and len(full["kstack"]) == len(event["kstack"]) + 2
+    assert full["kstack"][2] == top

@@ -6,6 +6,7 @@ live program, a recorded fixture and a recording loaded on another machine, with
 
 from __future__ import annotations
 
+import re
 import struct
 from dataclasses import dataclass
 
@@ -46,15 +47,39 @@ class BtfType:
     params: tuple[tuple[str, int], ...]  # FUNC_PROTO: (name, type_id)
 
 
-class Btf:
-    """Types and strings of one BTF object. Type 0 is ``void``."""
+MODULE_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+SYSFS_BTF = "/sys/kernel/btf"
 
-    def __init__(self, types: list[BtfType | None], strings: bytes) -> None:
+
+def load_module_btf(module: str, base: Btf, root: str = SYSFS_BTF) -> Btf | None:
+    """A loaded module's BTF (``root/<module>``) on top of vmlinux's; None when the module
+    has none (or the name could not be a module's: it is never used as a path then)."""
+    if not MODULE_NAME.fullmatch(module) or module in (".", ".."):
+        return None
+    try:
+        with open(f"{root}/{module}", "rb") as f:
+            return Btf.parse(f.read(), base)
+    except (OSError, KernelDataError):
+        return None
+
+
+class Btf:
+    """Types and strings of one BTF object. Type 0 is ``void``.
+
+    A module's BTF is *split* BTF on top of vmlinux's (``/sys/kernel/btf/<module>``): its type
+    ids continue after the base's last one and its string offsets after the base's strings,
+    so with ``base`` the types and strings of both are one id and offset space, as the kernel
+    sees them (``attach_btf_id`` of a module function is such an id)."""
+
+    def __init__(self, types: list[BtfType | None], strings: bytes,
+                 base: Btf | None = None) -> None:
         self.types = types
         self.strings = strings
+        self.base = base
+        self.first_id = len(base.types) if base is not None else 1  # this object's own types
 
     @classmethod
-    def parse(cls, blob: bytes) -> Btf:
+    def parse(cls, blob: bytes, base: Btf | None = None) -> Btf:
         if len(blob) < 24:
             raise KernelDataError(f"BTF blob too short ({len(blob)} bytes)")
         magic, _ver, _flags, hdr_len = struct.unpack_from("<HBBI", blob, 0)
@@ -62,9 +87,12 @@ class Btf:
             raise KernelDataError(f"bad BTF magic {magic:#x}")
         type_off, type_len, str_off, str_len = struct.unpack_from("<IIII", blob, 8)
         strings = blob[hdr_len + str_off : hdr_len + str_off + str_len]
-        btf = cls([None], strings)
+        if base is None:
+            btf = cls([None], strings)
+        else:  # one id and offset space with the base (copies of references and bytes)
+            btf = cls(list(base.types), base.strings + strings, base)
         pos, end = hdr_len + type_off, hdr_len + type_off + type_len
-        tid = 1
+        tid = btf.first_id
         while pos < end:
             name_off, info, ref = struct.unpack_from("<III", blob, pos)
             pos += 12
@@ -104,10 +132,19 @@ class Btf:
         """Type id of the FUNC called ``name`` (an index built on first use: vmlinux has
         ~60k functions)."""
         index = self.__dict__.get("_func_index")
-        if index is None:
-            index = {t.name: t.id for t in self.types[1:] if t is not None and t.kind == KIND_FUNC}
+        if index is None:  # this object's own functions (a module's), then its base's
+            index = {t.name: t.id for t in self.types[self.first_id:]
+                     if t is not None and t.kind == KIND_FUNC}
             self.__dict__["_func_index"] = index
-        return index.get(name)
+        found = index.get(name)
+        if found is None and self.base is not None:
+            return self.base.func_id(name)
+        return found
+
+    def own_func_id(self, name: str) -> int | None:
+        """Like :meth:`func_id`, but only this object's functions (a module's own)."""
+        found = self.func_id(name)
+        return found if found is not None and found >= self.first_id else None
 
     def func_name(self, type_id: int) -> str | None:
         t = self.type(type_id)
@@ -208,3 +245,33 @@ class Btf:
             base = "union " if t.kind_flag else "struct "
         name = f"{base}{t.name or '(anon)'}"
         return f"{name} {decl}".rstrip()
+
+
+class KernelBtfs:
+    """vmlinux's BTF and the loaded modules' (split on top of it), each parsed on first use:
+    where kernel functions' prototypes come from, module functions included."""
+
+    def __init__(self, vmlinux: Btf | None, root: str = SYSFS_BTF) -> None:
+        self.vmlinux = vmlinux
+        self.root = root
+        self._modules: dict[str, Btf | None] = {}
+
+    def of(self, module: str | None) -> Btf | None:
+        """The BTF that describes a function of ``module`` (None: vmlinux)."""
+        if module is None or self.vmlinux is None:
+            return self.vmlinux
+        if module not in self._modules:
+            self._modules[module] = load_module_btf(module, self.vmlinux, self.root)
+        return self._modules[module]
+
+    def func(self, name: str, module: str | None) -> tuple[Btf, int] | None:
+        """The BTF object and FUNC id of ``name``: a module's own function, or vmlinux's."""
+        btf = self.of(module)
+        if btf is None:
+            return None
+        type_id = btf.own_func_id(name) if module is not None else btf.func_id(name)
+        return (btf, type_id) if type_id else None
+
+    def signature(self, name: str, module: str | None) -> Signature | None:
+        found = self.func(name, module)
+        return found[0].func_signature(found[1]) if found else None

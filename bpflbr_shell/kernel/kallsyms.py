@@ -15,7 +15,7 @@ from __future__ import annotations
 import io
 import re
 from array import array
-from bisect import bisect_right
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
@@ -309,6 +309,26 @@ class KallsymsIndex:
         """Every entry called ``name``, in address order."""
         out = []
         for i in sorted(self._find_name(name)):
+            out.append(self._ksym(bisect_right(self._addrs, self._addrs[i]) - 1, i))
+        return out
+
+    def at_address(self, addr: int) -> list[KSym]:
+        """Every entry at exactly ``addr`` (aliases: ``__x64_sys_getpid`` and
+        ``__do_sys_getpid`` are one function), in line order."""
+        lo = bisect_left(self._addrs, addr)
+        hi = bisect_right(self._addrs, addr)
+        return [self._ksym(hi - 1, i) for i in range(lo, hi)]
+
+    def symbols_matching(self, glob: str, text_only: bool = True) -> list[KSym]:
+        """Every entry whose name matches a shell glob, in address order: one regex scan of
+        the blob, so a glob over thousands of names costs what one name does."""
+        types = rb"[tTwW]" if text_only else rb"\S"
+        rx = re.compile(rb"(?m)^[0-9a-f]+ " + types + rb" " + _glob_to_regex(glob)
+                        + rb"(?=[\t\n])")
+        out = []
+        offs = self._offs
+        for m in rx.finditer(self._blob):
+            i = bisect_right(offs, m.start()) - 1
             out.append(self._ksym(bisect_right(self._addrs, self._addrs[i]) - 1, i))
         return out
 

@@ -336,7 +336,8 @@ LOG_SIZE = 1 << 20
 
 
 def prog_load(prog_type: int, name: str, insns: bytes, *, expected_attach_type: int = 0,
-              attach_btf_id: int = 0, attach_prog_fd: int = 0, license: str = "GPL") -> int:
+              attach_btf_id: int = 0, attach_prog_fd: int = 0, attach_btf_obj_fd: int = 0,
+              license: str = "GPL") -> int:
     """Load raw bytecode (as BCC's ``dump_func`` gives it, map fds in place); returns the fd.
 
     On failure the verifier's last lines go into the error, since that is what explains it.
@@ -346,6 +347,7 @@ def prog_load(prog_type: int, name: str, insns: bytes, *, expected_attach_type: 
     opts.expected_attach_type = expected_attach_type
     opts.attach_btf_id = attach_btf_id
     opts.attach_prog_fd = attach_prog_fd
+    opts.attach_btf_obj_fd = attach_btf_obj_fd  # a module function: its module's BTF object
     opts.log_level = 0
     buf = ctypes.create_string_buffer(insns, len(insns))
     ret = lib().bpf_prog_load(prog_type, name[:15].encode(), license.encode(), buf,

@@ -3,7 +3,9 @@
 kprobe.multi (one link for every matched function) is the default; fentry
 (:mod:`.tracing`) and single kprobes are the fallbacks for kernels without fprobe. Only
 functions ftrace can patch are offered: ``available_filter_functions`` minus the kprobe
-blacklist, module functions tagged with their module.
+blacklist, module functions tagged with their module. ftrace lists one name per address, so a
+kallsyms alias (``__x64_sys_getpid`` is ``__do_sys_getpid``) is traced under the name it lists,
+and the user is told; what a glob matches in kallsyms but cannot be traced is counted and said.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ import ctypes
 import fnmatch
 import os
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from ..errors import FeatureError, NotFoundError, PrivilegeError, UsageError
 from ..events import Event
@@ -23,12 +26,18 @@ from .bccprog import CapturedStderr, ensure_tracefs
 TRACEFS = "/sys/kernel/tracing"
 BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
 MAX_FUNCS = 20000
+NOT_LISTED = "not in available_filter_functions (ftrace cannot patch them)"
+BLACKLISTED = "on the kprobe blacklist"
+SHOWN = 3  # names quoted per notice
 
 
 @dataclass(frozen=True, slots=True)
 class KFunc:
     name: str
     module: str | None = None
+    # traced through a kallsyms alias: the name that was asked for, and the shared address
+    asked: str | None = field(default=None, compare=False)
+    addr: int = field(default=0, compare=False)
 
     def __str__(self) -> str:
         return f"{self.name} [{self.module}]" if self.module else self.name
@@ -38,6 +47,8 @@ class KFunc:
 class Traceable:
     funcs: list[KFunc]
     source: str  # where the list came from, for --dry-run and errors
+    blocked: frozenset[str] = frozenset()  # on the kprobe blacklist (not in funcs)
+    from_kallsyms: bool = False  # the fallback list: kallsyms itself, nothing to resolve
 
 
 def parse_filter_functions(text: str) -> list[KFunc]:
@@ -45,7 +56,7 @@ def parse_filter_functions(text: str) -> list[KFunc]:
     out = []
     for line in text.splitlines():
         parts = line.split()
-        if not parts:
+        if not parts or parts[0].startswith("#"):  # '#': a fixture's provenance header
             continue
         module = parts[1].strip("[]") if len(parts) > 1 else None
         out.append(KFunc(parts[0], module))
@@ -57,47 +68,148 @@ def parse_blacklist(text: str) -> set[str]:
     names = set()
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) >= 2:
+        if len(parts) >= 2 and not parts[0].startswith("#"):
             names.add(parts[1])
     return names
+
+
+def traceable_from_text(filter_functions: str, blacklist: str, source: str) -> Traceable:
+    """The traceable list from the two files' text (the live files, or recorded ones)."""
+    blocked = parse_blacklist(blacklist)
+    funcs = parse_filter_functions(filter_functions)
+    return Traceable([k for k in funcs if k.name not in blocked], source, frozenset(blocked))
 
 
 def traceable_functions(kallsyms: object | None = None) -> Traceable:
     """Functions kprobes/fentry can attach to on this kernel."""
     try:
+        with open(BLACKLIST) as f:
+            blacklist = f.read()
+    except OSError:
+        blacklist = ""
+    try:
         ensure_tracefs()
         with open(f"{TRACEFS}/available_filter_functions") as f:
-            funcs = parse_filter_functions(f.read())
-        source = f"{TRACEFS}/available_filter_functions"
+            return traceable_from_text(f.read(), blacklist,
+                                       f"{TRACEFS}/available_filter_functions")
     except (OSError, FeatureError) as exc:
         if kallsyms is None:
             raise FeatureError(f"cannot read the traceable function list ({exc})",
                                "mount tracefs; run as root") from None
         # kallsyms text symbols, for --dry-run on kernels that hide the ftrace list
+        blocked = parse_blacklist(blacklist)
         funcs = [KFunc(s.name, s.module) for s in kallsyms  # type: ignore[attr-defined]
-                 if s.type in "tT" and s.module != "bpf"]
-        source = f"kallsyms text symbols (available_filter_functions unreadable: {exc})"
-    try:
-        with open(BLACKLIST) as f:
-            blocked = parse_blacklist(f.read())
-    except OSError:
-        blocked = set()
-    return Traceable([k for k in funcs if k.name not in blocked], source)
+                 if s.type in "tT" and s.module != "bpf" and s.name not in blocked]
+        return Traceable(funcs, f"kallsyms text symbols (available_filter_functions "
+                         f"unreadable: {exc})", frozenset(blocked), from_kallsyms=True)
 
 
-def match_functions(globs: Iterable[str], traceable: Traceable) -> list[KFunc]:
-    """Distinct functions matching any glob, sorted by name."""
+@dataclass(slots=True)
+class Resolution:
+    """What globs resolved to: the functions to attach, the kallsyms aliases traced under
+    ftrace's name for their address, and what matched in kallsyms but cannot be traced."""
+
+    funcs: list[KFunc]
+    matched: int = 0  # distinct kallsyms (or list) names the globs matched
+    aliases: list[KFunc] = field(default_factory=list)  # .asked -> .name
+    skipped: dict[str, list[str]] = field(default_factory=dict)  # reason -> names
+
+    def notices(self) -> list[str]:
+        """One line per fact the user should know before the events come."""
+        out = []
+        if len(self.aliases) == 1:
+            k = self.aliases[0]
+            out.append(f"{k.asked} is traced as {k.name} (same address)")
+        elif self.aliases:
+            more = len(self.aliases) - SHOWN
+            out.append(f"{len(self.aliases)} functions are traced as the name ftrace lists at "
+                       "their address: "
+                       + ", ".join(f"{k.asked} as {k.name}" for k in self.aliases[:SHOWN])
+                       + (f" (and {more} more)" if more > 0 else ""))
+        nskipped = sum(len(v) for v in self.skipped.values())
+        if nskipped:
+            parts = []
+            for reason, names in self.skipped.items():
+                shown = ", ".join(names[:SHOWN]) + (", ..." if len(names) > SHOWN else "")
+                parts.append(f"{len(names)} {reason}: {shown}")
+            out.append(f"{nskipped} of {self.matched} matching functions skipped: "
+                       + "; ".join(parts))
+        return out
+
+
+def _is_entry_point(name: str) -> bool:
+    """kallsyms text names that are no function of their own: ``__pfx_`` padding before a
+    function, and ``.cold`` parts split off one (their function is listed on its own)."""
+    return not name.startswith("__pfx_") and ".cold" not in name
+
+
+def resolve_functions(globs: Iterable[str], traceable: Traceable,
+                      kallsyms: Any | None = None) -> Resolution:
+    """Distinct functions matching any glob, sorted by name. With ``kallsyms``, a matching
+    kallsyms name ftrace does not list is traced through the listed name at its address
+    (same module), or counted as skipped with the reason."""
     globs = list(globs)
+    listed = {k.name: k for k in traceable.funcs}
     seen: dict[str, KFunc] = {}
     for k in traceable.funcs:
         if k.name not in seen and any(fnmatch.fnmatchcase(k.name, g) for g in globs):
             seen[k.name] = k
+    matched = set(seen)
+    aliases: list[KFunc] = []
+    skipped: dict[str, list[str]] = {}
+    if kallsyms is not None and not traceable.from_kallsyms:
+        for g in globs:
+            for sym in kallsyms.symbols_matching(g):
+                name = sym.name
+                if name in matched or sym.module == "bpf" or not _is_entry_point(name):
+                    continue
+                matched.add(name)
+                if name in traceable.blocked:
+                    skipped.setdefault(BLACKLISTED, []).append(name)
+                    continue
+                alias = next((a for a in kallsyms.at_address(sym.addr)
+                              if a.name in listed and a.module == sym.module), None)
+                if alias is None:
+                    skipped.setdefault(NOT_LISTED, []).append(name)
+                    continue
+                k = KFunc(alias.name, listed[alias.name].module, asked=name, addr=sym.addr)
+                aliases.append(k)
+                seen.setdefault(alias.name, k)
     if not seen:
-        raise NotFoundError(f"no traceable kernel function matches {' '.join(globs)}",
+        why = "; ".join(f"{len(v)} {r}: {', '.join(sorted(v)[:SHOWN])}"
+                        for r, v in skipped.items())
+        raise NotFoundError(f"no traceable kernel function matches {' '.join(globs)}"
+                            + (f" ({why})" if why else ""),
                             f"the list comes from {traceable.source.split(' (')[0]}")
     if len(seen) > MAX_FUNCS:
         raise UsageError(f"{len(seen)} functions match", f"narrow the glob (limit {MAX_FUNCS})")
-    return sorted(seen.values(), key=lambda k: k.name)
+    for names in skipped.values():
+        names.sort()
+    return Resolution(sorted(seen.values(), key=lambda k: k.name), len(matched),
+                      sorted(aliases, key=lambda k: k.asked or ""), skipped)
+
+
+def match_functions(globs: Iterable[str], traceable: Traceable) -> list[KFunc]:
+    """Distinct functions matching any glob, sorted by name (ftrace's names only)."""
+    return resolve_functions(globs, traceable).funcs
+
+
+def event_namer(funcs: list[KFunc], exits_lack_args: bool,
+                on_event: Callable[[Event, int, int], None]) -> Callable[[Event, int, int], None]:
+    """``on_event`` with events of alias-traced functions named as the user asked (kallsyms
+    has several names at that address, and would pick any), and, when ``exits_lack_args``
+    (a return probe takes the arguments from its paired entry), no arguments on an exit whose
+    entry was not seen (it entered before the entry probe was attached): zeros would lie."""
+    names = {k.addr: k.asked for k in funcs if k.asked and k.addr}
+
+    def handle(event: Event, kstack: int, ustack: int) -> None:
+        if names:
+            event.func = names.get(event.func_ip, event.func)
+        if exits_lack_args and event.kind == "exit" and event.duration_ns is None:
+            event.args = []
+        on_event(event, kstack, ustack)
+
+    return handle
 
 
 class KprobeTracer(ProbeTracer):
@@ -110,7 +222,7 @@ class KprobeTracer(ProbeTracer):
 
     def __init__(self, funcs: list[KFunc], backend: str, capture: CaptureOptions, exit: bool,
                  on_event: Callable[[Event, int, int], None], label: str) -> None:
-        super().__init__(capture, on_event, label)
+        super().__init__(capture, event_namer(funcs, exit, on_event), label)
         if backend not in ("multi", "kprobe"):
             raise ValueError(backend)
         self.funcs = funcs
@@ -123,19 +235,23 @@ class KprobeTracer(ProbeTracer):
         return {"EMIT_ENTRY": int(not self.exit), "PAIR_EXIT": int(self.exit)}
 
     def attach(self) -> None:
+        """The return probe first: an entry is stashed only once its exit will be seen. In
+        the other order a call entering between the two attachments (under emulation the
+        second program's load and link take about 0.1 s) was counted and never delivered;
+        now such a call's exit is delivered, without its entry's arguments and duration."""
         if self.backend == "multi":
-            self._attach_multi("on_kprobe", 0)
             if self.exit:
                 self._attach_multi("on_kretprobe", libbpf.BPF_F_KPROBE_MULTI_RETURN)
+            self._attach_multi("on_kprobe", 0)
             return
         for k in self.funcs:
             captured = CapturedStderr()
             try:
                 with captured:
-                    self.bpf.attach_kprobe(event=k.name.encode(), fn_name=b"on_kprobe")
                     if self.exit:
                         self.bpf.attach_kretprobe(event=k.name.encode(),
                                                   fn_name=b"on_kretprobe")
+                    self.bpf.attach_kprobe(event=k.name.encode(), fn_name=b"on_kprobe")
             except Exception as exc:  # BCC raises bare Exception
                 why = captured.first_error() or str(exc)
                 raise FeatureError(f"cannot attach a kprobe to {k.name}: {why}",

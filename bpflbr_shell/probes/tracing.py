@@ -9,9 +9,12 @@ after creating it we read the link back, because libbpf silently falls back to
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 from ..errors import FeatureError, UsageError, UserError
 from ..events import Event
@@ -74,6 +77,39 @@ def _subprog(prog: ProgInfo, func: str | None) -> SubProg:
     raise UsageError(f"prog {prog.id} has no function '{func}'", f"its functions: {names}")
 
 
+@cache
+def _btf_next_id() -> Callable[..., int]:
+    so = libbpf.open_libbpf({"bpf_btf_get_next_id": (
+        ctypes.c_int, [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)])})
+    return so.bpf_btf_get_next_id  # type: ignore[no-any-return]
+
+
+def kernel_btf_obj_id(module: str) -> int:
+    """The id of the kernel BTF object named ``module`` (a loaded module's BTF, which a
+    module function's fentry names through ``attach_btf_obj_fd``); 0 when there is none."""
+    cur, nxt = ctypes.c_uint32(0), ctypes.c_uint32(0)
+    name = ctypes.create_string_buffer(64)
+    while True:
+        ret = _btf_next_id()(cur, ctypes.byref(nxt))
+        if ret < 0:
+            err = -ret if ret != -1 else ctypes.get_errno()
+            if err == errno.ENOENT:
+                return 0
+            libbpf.check(-err, "listing BTF objects")
+        cur.value = nxt.value
+        try:
+            fd = libbpf.btf_fd_by_id(cur.value)
+        except UserError:  # gone meanwhile
+            continue
+        try:
+            info = libbpf.BpfBtfInfo(name=ctypes.addressof(name), name_len=len(name))
+            libbpf.obj_info(fd, info, f"reading BTF object {cur.value}")
+        finally:
+            os.close(fd)
+        if info.kernel_btf and name.value.decode(errors="replace") == module:
+            return cur.value
+
+
 class TracingTracer(ProbeTracer):
     """fentry and/or fexit on each target: one loaded program and one link per target and
     direction, all sharing the maps BCC created."""
@@ -105,11 +141,13 @@ class TracingTracer(ProbeTracer):
                 "PAIR_EXIT": int(self.paired)}
 
     def attach(self) -> None:
+        # fexit first, as kprobes.KprobeTracer does: a paired entry is stashed only once its
+        # exit will be seen
         directions = []
-        if self.entry:
-            directions.append(("on_fentry", libbpf.BPF_TRACE_FENTRY))
         if self.exit:
             directions.append(("on_fexit", libbpf.BPF_TRACE_FEXIT))
+        if self.entry:
+            directions.append(("on_fentry", libbpf.BPF_TRACE_FENTRY))
         for target in self.targets:
             target_fd = 0
             if target.prog_id:
@@ -118,10 +156,15 @@ class TracingTracer(ProbeTracer):
                 target_fd = self._target_fds[target.prog_id]
             for fn_name, attach_type in directions:
                 insns = self.bpf.dump_func(fn_name.encode())
-                fd = libbpf.prog_load(
-                    libbpf.BPF_PROG_TYPE_TRACING, f"bpflbr_{fn_name[3:]}", insns,
-                    expected_attach_type=attach_type, attach_btf_id=target.btf_id,
-                    attach_prog_fd=target_fd)
+                btf_fd = libbpf.btf_fd_by_id(target.btf_obj_id) if target.btf_obj_id else 0
+                try:
+                    fd = libbpf.prog_load(
+                        libbpf.BPF_PROG_TYPE_TRACING, f"bpflbr_{fn_name[3:]}", insns,
+                        expected_attach_type=attach_type, attach_btf_id=target.btf_id,
+                        attach_prog_fd=target_fd, attach_btf_obj_fd=btf_fd)
+                finally:
+                    if btf_fd:
+                        os.close(btf_fd)
                 self._fds.append(fd)
                 link = libbpf.link_create(fd, 0, attach_type,
                                           what=f"attaching {fn_name[3:]} to {target.name}")
@@ -132,7 +175,8 @@ class TracingTracer(ProbeTracer):
     def _check_link(link: int, attach_type: int, target: TracingTarget) -> None:
         info = libbpf.link_info(link)
         got = info.tracing
-        if got.attach_type != attach_type or got.target_btf_id != target.btf_id:
+        if got.attach_type != attach_type or got.target_btf_id != target.btf_id or (
+                target.btf_obj_id and got.target_obj_id != target.btf_obj_id):
             raise UserError(
                 f"the kernel attached to {target.name} as type {got.attach_type}/btf "
                 f"{got.target_btf_id}, not {attach_type}/{target.btf_id} as asked",

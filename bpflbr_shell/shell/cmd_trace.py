@@ -251,7 +251,8 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
         else:
             if kernel_sym is None:
                 kernel_sym = ctx.kernel.symbolizer
-            event.func = kernel_sym.symbolize(event.func_ip).func
+            # a tracer may have named it already (a kallsyms alias, as the user asked for it)
+            event.func = event.func or kernel_sym.symbolize(event.func_ip).func
             if trace.signature_of is not None and event.func_ip not in trace.params:
                 trace.params[event.func_ip] = trace.signature_of(event.func)
 
@@ -568,26 +569,30 @@ def cmd_trace_kfunc(ctx: Context, args: argparse.Namespace) -> None:
 
     kernel = ctx.kernel
     traceable = kprobes.traceable_functions(kernel.kallsyms)
-    funcs = kprobes.match_functions([check_glob(g, "function glob") for g in args.globs],
-                                    traceable)
+    found = kprobes.resolve_functions([check_glob(g, "function glob") for g in args.globs],
+                                      traceable, kernel.kallsyms)
+    funcs = found.funcs
     backends = plan_backends(args.backend)
+    for note in found.notices():
+        ctx.warn(note)
     if args.dry_run:
         ctx.print(f"{len(funcs)} function(s) from {traceable.source}; backend "
                   f"{'/'.join(backends)} ({'return' if args.exit else 'entry'} events)")
         for k in funcs:
-            ctx.print(f"  {k}")
+            ctx.print(f"  {k}" + (f" (asked as {k.asked})" if k.asked else ""))
         return
     capture = kernel_capture_options(ctx, args)
     label = f"kfunc {' '.join(args.globs)}"
     spec = f"trace kfunc {' '.join(args.globs)}" + (" --exit" if args.exit else "")
+    btfs = kernel_btfs(kernel)
     reasons: list[str] = []
     for backend in backends:
         try:
-            make = kfunc_tracer_factory(backend, funcs, capture, args.exit, label, kernel)
+            make = kfunc_tracer_factory(backend, funcs, capture, args.exit, label, btfs)
             run_trace(ctx, args, f"{spec} --backend {backend}",
                       f"{backend} on {len(funcs)} kernel function(s): "
                       + ", ".join(map(str, funcs[:5])) + (" ..." if len(funcs) > 5 else ""),
-                      make, signature_of=kernel_signatures(kernel))
+                      make, signature_of=kernel_signatures(btfs, funcs))
             return
         except UserError as exc:  # this kernel lacks or refuses the backend: try the next
             reasons.append(f"{backend}: {exc.problem}")
@@ -599,13 +604,26 @@ def cmd_trace_kfunc(ctx: Context, args: argparse.Namespace) -> None:
             ctx.warn(f"{backend} unavailable ({exc.problem}); trying the next backend")
 
 
-def kernel_signatures(kernel: Any) -> Callable[[str | None], Signature | None]:
-    """Prototypes of kernel functions from vmlinux BTF, for typed args and retval."""
+def kernel_btfs(kernel: Any) -> Any:
+    """vmlinux BTF (parsed once per session) and the modules' on top of it, per trace."""
+    from bpflbr_shell.kernel.btf import KernelBtfs
+
+    return KernelBtfs(kernel.vmlinux_btf)
+
+
+def kernel_signatures(btfs: Any, funcs: list[Any]) -> Callable[[str | None], Signature | None]:
+    """Prototypes of the traced kernel functions from BTF (a module's own BTF for module
+    functions), for typed args and retval. Events name a function as it was asked for; an
+    alias's prototype is that of the name ftrace lists at its address."""
+    by_name = {k.asked or k.name: k for k in funcs}
 
     def signature_of(name: str | None) -> Signature | None:
-        btf = kernel.vmlinux_btf
-        type_id = btf.func_id(name) if btf is not None and name else None
-        return btf.func_signature(type_id) if type_id else None
+        if not name:
+            return None
+        k = by_name.get(name)
+        if k is None:
+            return btfs.signature(name, None)
+        return btfs.signature(k.name, k.module) or btfs.signature(name, k.module)
 
     return signature_of
 
@@ -615,31 +633,42 @@ def plan_backends(choice: str) -> list[str]:
 
 
 def kfunc_tracer_factory(backend: str, funcs: list[Any], capture: Any, exit_: bool,
-                         label: str, kernel: Any) -> Callable[[Any], Any]:
+                         label: str, btfs: Any) -> Callable[[Any], Any]:
     from bpflbr_shell.errors import FeatureError, UsageError
-    from bpflbr_shell.probes.kprobes import KprobeTracer
-    from bpflbr_shell.probes.tracing import TracingTarget, TracingTracer
+    from bpflbr_shell.probes.kprobes import KprobeTracer, event_namer
+    from bpflbr_shell.probes.tracing import TracingTarget, TracingTracer, kernel_btf_obj_id
 
     if backend == "fentry":
-        modules = [k for k in funcs if k.module]
-        if modules:
-            raise UsageError(f"the fentry backend attaches to vmlinux functions only; "
-                             f"{modules[0]} is in a module", "use --backend multi or kprobe")
-        btf = kernel.vmlinux_btf
-        if btf is None:
+        if btfs.vmlinux is None:
             raise FeatureError("the kernel has no BTF (/sys/kernel/btf/vmlinux)",
                                "fentry needs CONFIG_DEBUG_INFO_BTF=y; use kprobes")
-        targets = []
+        targets, no_btf = [], []
+        obj_ids: dict[str, int] = {}
         for k in funcs:
-            type_id = btf.func_id(k.name)
-            sig = btf.func_signature(type_id) if type_id else None
-            if type_id and sig is not None:
-                targets.append(TracingTarget(k.name, type_id, tuple(n for n, _ in sig.params),
-                                             signature=sig))
+            # by the listed name, else by the name asked for (BTF may know one of the two)
+            found = btfs.func(k.name, k.module) or (k.asked and btfs.func(k.asked, k.module))
+            sig = found[0].func_signature(found[1]) if found else None
+            if not found or sig is None:
+                no_btf.append(k)
+                continue
+            obj_id = 0
+            if k.module:  # a module function is named in its module's BTF object
+                if k.module not in obj_ids:
+                    obj_ids[k.module] = kernel_btf_obj_id(k.module)
+                obj_id = obj_ids[k.module]
+                if not obj_id:
+                    no_btf.append(k)
+                    continue
+            targets.append(TracingTarget(found[0].func_name(found[1]) or k.name, found[1],
+                                         tuple(n for n, _ in sig.params), btf_obj_id=obj_id,
+                                         signature=sig))
         if not targets:
-            raise UsageError("none of the functions has a BTF prototype", "use kprobes")
-        return lambda on_event: TracingTracer(targets, capture, not exit_, exit_, on_event,
-                                              label)
+            where = f"/sys/kernel/btf/{no_btf[0].module}" if no_btf and no_btf[0].module \
+                else "vmlinux BTF"
+            raise UsageError(f"none of the functions has a BTF prototype ({no_btf[0]}: not in "
+                             f"{where})", "use --backend multi or kprobe")
+        return lambda on_event: TracingTracer(targets, capture, not exit_, exit_,
+                                              event_namer(funcs, False, on_event), label)
     return lambda on_event: KprobeTracer(funcs, backend, capture, exit_, on_event, label)
 
 
