@@ -295,13 +295,15 @@ class Sender:
         "print('ready', flush=True)\n"
         "for line in sys.stdin:\n"
         "    words = line.split()\n"
-        "    if words[0] == 'stream':  # until stdin says stop: sizes 1..200, 1 ms apart\n"
-        "        import select, os\n"
+        "    if words[0] == 'stream':  # until stdin says stop: sizes 1..200, each call\n"
+        "        import select, threading  # from a new thread (a tid never seen again)\n"
         "        log, n = [], 0\n"
         "        while not select.select([sys.stdin], [], [], 0.001)[0]:\n"
         "            n = n % 200 + 1\n"
         "            log.append((time.monotonic(), n))\n"
-        "            s.sendall(b'x' * n)\n"
+        "            t = threading.Thread(target=s.sendall, args=(b'x' * n,))\n"
+        "            t.start()\n"
+        "            t.join()\n"
         "        sys.stdin.readline()\n"
         "        print(' '.join(f'{t:.6f}:{k}' for t, k in log), flush=True)\n"
         "        continue\n"
@@ -406,10 +408,11 @@ def our_maps(progs_before: set[int], name: str) -> list[int]:
 @pytest.mark.parametrize("backend", ["multi", "kprobe"])
 def test_kfunc_exit_probe_is_attached_before_the_entry(shell: Shell, sender: Sender,
                                                        backend: str) -> None:
-    """Calls all through the attach: no entry may be stashed for an exit that is not yet
-    attached (that call was counted and never delivered: the trace's first call lost). Every
-    call made after the command returned is delivered, and the events are exactly the
-    workload's last calls, in order."""
+    """Calls all through the attach, each from a thread of its own: no entry may be stashed
+    for an exit that is not attached yet (that call was never delivered: the trace's first
+    call lost; a thread's next call would overwrite the stash, so one call per thread leaves
+    it there to see). Every call made after the command returned is delivered, and the events
+    are exactly the workload's last calls, in order."""
     progs_before = set(bpftool_ids("prog"))
     sender.start_stream()
     shell.run(f"trace kfunc tcp_sendmsg --backend {backend} --exit --pid {sender.pid} "
