@@ -94,6 +94,7 @@ POLL_WAIT_MS = 20  # the reader's wait for events, and so how soon it sees a sto
 STOP_DRAIN_S = 0.1  # after detaching, the rings are read this long; the rest is counted
 STOP_WAIT_S = 0.3  # how long stop() waits for the reader to finish (then it finishes alone)
 PRINT_QUEUE = 1000  # events waiting to be printed; beyond that they are stored, not printed
+SWITCH_INTERVAL_S = 0.001  # while traces run (Python's default is 5 ms)
 
 
 class PrintQueue:
@@ -416,6 +417,10 @@ class Session:
                 if on_end is not None:
                     on_end(trace)
 
+        # a thread waiting for the GIL gets it after the switch interval: the shell's prompt,
+        # which gives the GIL up at every read and write, waits that long each time
+        if sys.getswitchinterval() > SWITCH_INTERVAL_S:
+            sys.setswitchinterval(SWITCH_INTERVAL_S)
         trace.thread = threading.Thread(target=loop, name=f"trace-{trace.id}", daemon=True)
         trace.thread.start()
 
