@@ -11,6 +11,7 @@ the very reason it tests.)
 
 from __future__ import annotations
 
+import os
 import re
 import select
 import shutil
@@ -232,3 +233,43 @@ def test_a_non_pie_executable_is_probed_at_the_file_offset(require_root, require
     finally:
         tracer.close()
     assert got == [3 * i for i in range(N)]
+
+
+@pytest.mark.live
+def test_a_conflicting_ref_ctr_offset_is_said_not_sent_to_show_features(
+        require_root, require_bcc, tmp_path: Path) -> None:
+    """Another tracer's uprobe with a non-zero ref_ctr_offset (a USDT semaphore, or Debian's
+    BCC tools' garbage one) on a function makes the kernel refuse ours with EINVAL: the error
+    says so, instead of pointing at 'show features'. The other probe sits on a binary that no
+    process maps, so its counter is never written anywhere."""
+    from bpflbr_shell.errors import FeatureError
+    from bpflbr_shell.kernel import perf
+    from bpflbr_shell.probes.uprobe import (
+        UprobeOptions,
+        UprobeTracer,
+        file_offset,
+        resolve_targets,
+    )
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("needs gcc to build the target")
+    (tmp_path / "add.c").write_text(ADD_C)
+    binary = tmp_path / "add"
+    subprocess.run([gcc, "-O1", f"-DNCALLS={N}", "-o", str(binary), str(tmp_path / "add.c")],
+                   check=True)
+    (target,) = resolve_targets(str(binary), "add")
+    attr, _keep = perf.probe_attr("uprobe", bytes(binary), file_offset(str(binary),
+                                                                      target.offset), False)
+    attr.config |= 0x10 << 32  # ref_ctr_offset (the PMU's config:32-63)
+    other = perf.perf_event_open(attr, -1, 0)
+    try:
+        tracer = UprobeTracer([target], UprobeOptions(retprobe=False, lbr=False, ustack=False),
+                              lambda *a: None, "conflict")
+        with pytest.raises(FeatureError) as err:
+            tracer.start()
+        text = str(err.value)
+        assert "EINVAL" in text and "ref_ctr_offset" in text and "show features" not in text
+        assert "\n" not in text
+    finally:
+        os.close(other)
