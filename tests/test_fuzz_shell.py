@@ -101,7 +101,7 @@ def _run(ctx: Context, line: str) -> None:
     _check(ctx, ok, started)
 
 
-FUZZ = settings(max_examples=250, deadline=timedelta(seconds=MAX_SECONDS + 2),
+FUZZ = settings(max_examples=30, deadline=timedelta(seconds=MAX_SECONDS + 2),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
                                        HealthCheck.function_scoped_fixture])
 

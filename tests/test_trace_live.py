@@ -1089,7 +1089,7 @@ def bad_inputs(target_bin: Path) -> list[tuple[str, str]]:
         (f"trace uretprobe {target_bin}:", f"bad uprobe target '{target_bin}:'"),
         ("trace uretprobe :add", "bad uprobe target ':add'"),
         (f"trace uretprobe {target_bin}:add --duration xyz", "bad duration 'xyz'"),
-        (f"trace uretprobe {target_bin}:add --pid 999999999", "no process 999999999"),
+        (f"trace uretprobe {target_bin}:add --pid 4194303", "no process 4194303"),
         ("trace stop 99", "no trace 99"),
         ("trace delete 99", "no trace 99"),
         ("show event 12345", "no event #12345 in the store"),
