@@ -92,6 +92,9 @@ READ_SLICE_S = 0.02
 READ_REST_S = 0.01
 POLL_WAIT_MS = 20  # the reader's wait for events, and so how soon it sees a stop
 STOP_DRAIN_S = 0.1  # after detaching, the rings are read this long; the rest is counted
+# a small backlog (a quiet trace whose reader is slow to start, as under emulation) is always
+# delivered: it is read for up to this long; only a flood is cut at STOP_DRAIN_S
+SMALL_BACKLOG, SMALL_BACKLOG_DRAIN_S = 256, 2.0
 STOP_WAIT_S = 0.3  # how long stop() waits for the reader to finish (then it finishes alone)
 PRINT_QUEUE = 1000  # events waiting to be printed; beyond that they are stored, not printed
 SWITCH_INTERVAL_S = 0.001  # while traces run (Python's default is 5 ms)
@@ -330,10 +333,14 @@ class Session:
             if trace.limit_reached:  # what follows the limit is not read, only counted
                 trace.over_limit += tracer.discard_pending()
             elif trace.error is None:
-                deadline = time.monotonic() + STOP_DRAIN_S
+                start = time.monotonic()
+                deadline = start + STOP_DRAIN_S
                 try:
-                    while tracer.pending() and time.monotonic() < deadline:
-                        tracer.poll(0, deadline - time.monotonic())
+                    while (left := tracer.pending()) and (
+                            time.monotonic() < deadline or (
+                                left <= SMALL_BACKLOG
+                                and time.monotonic() < start + SMALL_BACKLOG_DRAIN_S)):
+                        tracer.poll(0, max(0.0, deadline - time.monotonic()) or 0.05)
                         if trace.limit_reached:
                             trace.over_limit += tracer.discard_pending()
                 except BaseException as exc:  # noqa: BLE001 - even Ctrl-C: books, then close
