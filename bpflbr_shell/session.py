@@ -95,7 +95,7 @@ STOP_DRAIN_S = 0.1  # after detaching, the rings are read this long; the rest is
 # a small backlog (a quiet trace whose reader is slow to start, as under emulation) is always
 # delivered: it is read for up to this long; only a flood is cut at STOP_DRAIN_S
 SMALL_BACKLOG, SMALL_BACKLOG_DRAIN_S = 256, 2.0
-STOP_WAIT_S = 0.3  # how long stop() waits for the reader to finish (then it finishes alone)
+STOP_WAIT_S = 1.5  # how long stop() waits for the reader to finish (then it finishes alone)
 PRINT_QUEUE = 1000  # events waiting to be printed; beyond that they are stored, not printed
 SWITCH_INTERVAL_S = 0.001  # while traces run (Python's default is 5 ms)
 

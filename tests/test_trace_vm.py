@@ -155,7 +155,7 @@ def test_fexit_retval_matches_test_run(shell: Shell, socket_filter: tuple[int, i
     ours_loaded = [v["name"] for k, v in bpftool_ids("prog").items() if k not in progs_before]
     assert ours_loaded == ["bpflbr_fexit"]  # --exit alone: one program, no pairing fentry
     expected = run_packets(prog_id, 14, 40, 100)
-    time.sleep(0.3)
+    wait_delivered(shell, len(expected))  # the reader's first event is slow under TCG
     shell.run("trace stop")
     events = shell.json("show events 10 --json")
     ours = [e for e in events if e["probe"].startswith("fexit")]
@@ -172,7 +172,7 @@ def test_fentry_sees_args_not_retval(shell: Shell, socket_filter: tuple[int, int
     _, prog_id = socket_filter
     shell.run(f"trace prog {prog_id} --entry --bg --quiet")
     run_packets(prog_id, 20, 30)
-    time.sleep(0.3)
+    wait_delivered(shell, 2)
     shell.run("trace stop")
     events = [e for e in shell.json("show events 10 --json") if e["probe"].startswith("fentry")]
     assert len(events) == 2
