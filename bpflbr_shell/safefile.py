@@ -47,9 +47,11 @@ def check_dir(path: str, uid: int | None = None) -> None:
         raise _refuse(path, f"directory writable by others (mode {stat.S_IMODE(st.st_mode):o})")
 
 
-def ensure_private_dir(path: str, mode: int = 0o700, uid: int | None = None) -> None:
+def ensure_private_dir(path: str, mode: int = 0o700, uid: int | None = None, *,
+                       narrow: bool = True) -> None:
     """Create ``path`` (and missing parents) with ``mode``; an existing one must be a real
-    directory (not a symlink) owned by ``uid``; a wider mode is narrowed."""
+    directory (not a symlink) owned by ``uid``; a wider mode is narrowed (``narrow``) or
+    refused (a directory whose entries we load: someone may have written there already)."""
     uid = os.geteuid() if uid is None else uid
     os.makedirs(path, mode=mode, exist_ok=True)
     st = os.lstat(path)
@@ -60,6 +62,9 @@ def ensure_private_dir(path: str, mode: int = 0o700, uid: int | None = None) -> 
     if st.st_uid != uid:
         raise _refuse(path, f"directory owned by uid {st.st_uid}, not {uid}")
     if stat.S_IMODE(st.st_mode) & ~mode:
+        if not narrow and st.st_mode & 0o022:
+            raise _refuse(path, f"directory writable by others "
+                                f"(mode {stat.S_IMODE(st.st_mode):o})")
         os.chmod(path, stat.S_IMODE(st.st_mode) & mode, follow_symlinks=False)
     check_dir(os.path.dirname(os.path.abspath(path)) or "/", uid)
 

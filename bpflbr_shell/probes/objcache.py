@@ -18,7 +18,6 @@ import importlib.util
 import json
 import os
 import re
-import stat
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -259,26 +258,8 @@ class ProbeCache:
             return False
 
     def _prepare(self) -> None:
-        uid = os.geteuid()
-        for d in (self.root.parent, self.root):
-            try:
-                os.mkdir(d, 0o700)
-            except FileExistsError:
-                pass
-        safefile.check_dir(str(self.root.parent.parent), uid)
-        for d in (self.root.parent, self.root):
-            st = os.lstat(d)
-            if stat.S_ISLNK(st.st_mode):
-                raise safefile.UnsafeFileError(f"refusing {str(d)!r}: it is a symlink")
-            if not stat.S_ISDIR(st.st_mode):
-                raise safefile.UnsafeFileError(f"refusing {str(d)!r}: not a directory")
-            if st.st_uid != uid:
-                raise safefile.UnsafeFileError(
-                    f"refusing {str(d)!r}: owned by uid {st.st_uid}, not {uid}")
-            if st.st_mode & 0o022:
-                raise safefile.UnsafeFileError(
-                    f"refusing {str(d)!r}: writable by others "
-                    f"(mode {stat.S_IMODE(st.st_mode):o})")
+        for d in (self.root.parent, self.root):  # each level ours alone, the one above checked
+            safefile.ensure_private_dir(str(d), uid=os.geteuid(), narrow=False)
 
     def path(self, key: str) -> Path:
         if not _KEY.fullmatch(key):
