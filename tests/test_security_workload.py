@@ -61,17 +61,10 @@ def test_group_writable_cache_entry_refused(wl, cached) -> None:
 
 
 @ROOT_ONLY
-def test_cache_entry_owned_by_another_user_refused(wl, cached) -> None:
+@pytest.mark.parametrize("which", ["entry", "dir"])
+def test_cache_owned_by_another_user_refused(wl, cached, which) -> None:
     cache, obj, clang = cached
-    os.chown(obj, 65534, 65534)
-    with pytest.raises(SystemExit, match="owned by uid 65534"):
-        wl.compile_object(wl.LIBBPF_SRC, cache, clang)
-
-
-@ROOT_ONLY
-def test_cache_dir_owned_by_another_user_refused(wl, cached) -> None:
-    cache, _, clang = cached
-    os.chown(cache, 65534, 65534)
+    os.chown(obj if which == "entry" else cache, 65534, 65534)
     with pytest.raises(SystemExit, match="owned by uid 65534"):
         wl.compile_object(wl.LIBBPF_SRC, cache, clang)
 
