@@ -241,7 +241,6 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
             # now, while the traced process may still run; a uprobe's site places its binary
             # even when the process is already gone
             rt.user_syms.prepare(event.pid, event.func_ip, getattr(tracer, "site", None))
-        if event.func_ip < USER_SPACE_END:
             event.func = rt.user_syms.symbolize(event.pid, event.func_ip).func
             key = (event.pid, event.func or "")
             if key not in rt.params and event.func:
