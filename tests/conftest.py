@@ -120,7 +120,7 @@ class ExampleWorkload(list):
         self.by_name = by_name  # BTF func name -> prog id: tc_classify, sock_stats
 
 
-def start_workload(*extra: str, timeout: float = 60.0) -> tuple[subprocess.Popen[str], list[int]]:
+def start_workload(*extra: str, timeout: float = 180.0) -> tuple[subprocess.Popen[str], list[int]]:
     """Start examples/workload.py in the foreground; returns it and its ids once ready."""
     cmd = [sys.executable, str(WORKLOAD), "--foreground", *extra]
     err_log = tempfile.TemporaryFile("w+")  # a file, not a pipe: nobody drains it while we run
