@@ -365,6 +365,7 @@ class UserSymbolizer:
         self._vdso_image: BinaryImage | None = None
         self._cache: dict[tuple[int, int], Location] = {}
         self._lock = threading.RLock()
+        self._preferred: dict[str, set[str]] = {}  # path -> names to show (see prefer)
         self.unavailable_reason: str | None = None
 
     # ---- processes ----------------------------------------------------------------------------
@@ -477,6 +478,7 @@ class UserSymbolizer:
                 file = f"/proc/{pid}/root{path}"  # another mount namespace (a container)
             try:
                 image = BinaryImage(path, file)
+                image.prefer(self._preferred.get(path, ()))
             except Exception as exc:  # unreadable, not ELF, drgn refused it: bare addresses
                 self.unavailable_reason = f"cannot read {path} with drgn: {exc}"
                 image = None
@@ -557,10 +559,12 @@ class UserSymbolizer:
             return out
 
     def prefer(self, path: str, names: Any) -> None:
-        """Show the traced functions by the names the user gave (see BinaryImage.prefer)."""
-        image = self._image(path)
-        if image is not None:
-            with self._lock:
+        """Show the traced functions by the names the user gave (see BinaryImage.prefer):
+        now if ``path`` is open, else when it is (a trace need not wait for its DWARF)."""
+        with self._lock:
+            self._preferred.setdefault(path, set()).update(names)
+            image = self._images.get(path)
+            if image is not None:
                 image.prefer(names)
                 self._cache.clear()
 

@@ -53,10 +53,13 @@ if [ ! -x "$venv/bin/python" ]; then
   log "creating venv $venv (system site packages, for Debian's bcc)"
   /usr/bin/python3 -m venv --system-site-packages "$venv"
 fi
-stamp="$venv/.bpflbr-installed"
-if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ]; then
+stamp="$venv/.bpflbr-installed-2"
+if [ ! -f "$stamp" ] || [ "$repo/pyproject.toml" -nt "$stamp" ] || [ "$0" -nt "$stamp" ]; then
   log "pip install -e .[test]"
-  "$venv/bin/pip" install -q --disable-pip-version-check -e "$repo[test]"
+  # compat mode: a plain path in a .pth file; the default import hook costs every start
+  # about 10 ms (pathlib and more at interpreter start-up, before the shell's first line)
+  "$venv/bin/pip" install -q --disable-pip-version-check -e "$repo[test]" \
+    --config-settings editable_mode=compat
   touch "$stamp"
 fi
 echo "$venv"

@@ -406,3 +406,76 @@ def test_str_spec_and_knobs(libc) -> None:
     both = resolve_targets(LIBC, "getenv") + resolve_targets(LIBC, "read")
     assert string_knobs(both, us, 0, True, notes) == {}
     assert notes and "differ" in notes[-1]
+
+
+def test_char_pointer_facts_are_kept_per_file_version(libc, tmp_path: Path) -> None:
+    """What a function's DWARF says about ``char *`` values is kept in the probe cache: a warm
+    trace then opens no DWARF before its probes are in (the DWARF read cost more than the
+    rest of a warm start). A copy of the file (another inode) is another fact; a corrupt fact
+    is said and looked up again."""
+    from bpflbr_shell.probes import objcache
+    from bpflbr_shell.probes.uprobe import char_pointers
+    from bpflbr_shell.usersyms import UserSymbolizer
+
+    cache = objcache.ProbeCache(tmp_path / "c" / "probes")
+    assert cache.usable()
+    us = UserSymbolizer()
+    us._images[LIBC] = libc  # noqa: SLF001
+    assert char_pointers(LIBC, "getenv", us, cache) == (1, True)  # char *getenv(const char *)
+    facts = sorted((tmp_path / "c" / "probes").glob("fact-*.json"))
+    assert len(facts) == 1 and facts[0].stat().st_mode & 0o777 == 0o600
+    fresh = UserSymbolizer()
+    assert char_pointers(LIBC, "getenv", fresh, cache) == (1, True)
+    assert fresh._images == {}  # noqa: SLF001 - answered from the fact: no DWARF opened
+    assert char_pointers(LIBC, "read", fresh, cache) == (0, False)  # read(int, void *, ...)
+    assert len(list((tmp_path / "c" / "probes").glob("fact-*.json"))) == 2
+    facts[0].write_text('{"format": 1, "key": "x", "value": {}}')
+    notices: list[str] = []
+    old, objcache.notice = objcache.notice, notices.append
+    try:
+        assert char_pointers(LIBC, "getenv", UserSymbolizer(), cache) == (1, True)
+    finally:
+        objcache.notice = old
+    assert notices and "corrupt" in notices[0]
+    copy = tmp_path / "libc-copy.so"
+    shutil.copyfile(LIBC, copy)
+    key = objcache.fact_key("char-pointers", [LIBC], "getenv")
+    assert key is not None and objcache.fact_key("char-pointers", [str(copy)], "getenv") != key
+
+
+def test_ifunc_flag_comes_from_the_symbol_table() -> None:
+    """Which targets are IFUNCs is read from the ELF symbol table (readelf is the oracle), so
+    the common case opens no DWARF before attaching."""
+    from bpflbr_shell.probes.uprobe import resolve_targets
+
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        pytest.skip("needs readelf (binutils)")
+    rows = subprocess.run([readelf, "-W", "--dyn-syms", LIBC], capture_output=True, text=True,
+                          check=True).stdout.splitlines()
+    kinds: dict[str, set[bool]] = {}  # name -> is IFUNC, per symbol version
+    for r in rows:
+        f = r.split()
+        if len(f) >= 8 and f[3] in ("FUNC", "IFUNC"):
+            kinds.setdefault(f[7].split("@")[0], set()).add(f[3] == "IFUNC")
+    assert kinds["strlen"] == {True} and kinds["malloc"] == {False}
+    assert kinds["memcpy"] == {True, False}  # memcpy@GLIBC_2.2.5 is a plain function
+    for name in ("strlen", "memcpy", "time", "malloc", "getenv"):
+        found = {t.ifunc for t in resolve_targets(LIBC, name) if t.name == name}
+        assert found == kinds[name], name
+
+
+def test_preferred_names_apply_to_an_image_opened_later() -> None:
+    """prefer() before the binary is open (a trace no longer opens its DWARF before
+    attaching) still names open64's events open64."""
+    from bpflbr_shell.usersyms import UserSymbolizer
+
+    us = UserSymbolizer()
+    us.prefer(LIBC, ["open64"])
+    assert us._images == {}  # noqa: SLF001 - nothing opened by prefer itself
+    image = us.image(LIBC)
+    assert image is not None
+    (addr,) = set(image.function_addrs("open64"))
+    assert image.lookup(addr)[0] == "open64"
+    other = UserSymbolizer().image(LIBC)
+    assert other is not None and other.lookup(addr)[0] != "open64"  # drgn's own pick

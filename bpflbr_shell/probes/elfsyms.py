@@ -61,7 +61,8 @@ class _Elf:
         start = self.sections[index][0]
         return names[start:names.find(b"\0", start)].decode(errors="replace")
 
-    def functions(self) -> Iterator[tuple[bytes, int]]:
+    def functions(self) -> Iterator[tuple[bytes, int, bool]]:
+        """(name, value, is_ifunc) of every named, non-zero function symbol."""
         for i, sh in enumerate(self.sections):
             if sh[1] not in (SHT_SYMTAB, SHT_DYNSYM) or sh[6] >= len(self.sections):
                 continue
@@ -70,11 +71,12 @@ class _Elf:
                 continue  # ELF64 symbols are 24 bytes
             table = table[:len(table) - len(table) % _SYM.size]
             for name_off, info, _other, _shndx, value, _size in _SYM.iter_unpack(table):
-                if not value or not name_off or (info & 0xF) not in (STT_FUNC, STT_GNU_IFUNC):
+                kind = info & 0xF
+                if not value or not name_off or kind not in (STT_FUNC, STT_GNU_IFUNC):
                     continue
                 end = strtab.find(b"\0", name_off)
                 if end > name_off:
-                    yield strtab[name_off:end], value
+                    yield strtab[name_off:end], value, kind == STT_GNU_IFUNC
 
     def build_id(self) -> str | None:
         for i, sh in enumerate(self.sections):
@@ -141,15 +143,21 @@ def debug_file(path: str, elf: _Elf | None = None) -> str | None:
 def function_symbols(path: str, regex: str) -> list[tuple[str, int]]:
     """(name, address) of the functions whose name ``re.match``es ``regex``, in the file and
     its debug file (duplicates kept, as BCC reports them)."""
+    return [(name, addr) for name, addr, _ in function_symbols_typed(path, regex)]
+
+
+def function_symbols_typed(path: str, regex: str) -> list[tuple[str, int, bool]]:
+    """:func:`function_symbols` with each symbol's STT_GNU_IFUNC flag: whether a uprobe there
+    would sit on a resolver is known from the symbol table, without opening the DWARF."""
     pattern = re.compile(regex.encode("utf-8", "surrogateescape"))
     elf = _Elf(path)
-    out = [(n.decode("utf-8", "surrogateescape"), v) for n, v in elf.functions()
+    out = [(n.decode("utf-8", "surrogateescape"), v, i) for n, v, i in elf.functions()
            if pattern.match(n)]
     dbg = debug_file(path, elf)
     if dbg is not None:
         try:
-            out += [(n.decode("utf-8", "surrogateescape"), v) for n, v in _Elf(dbg).functions()
-                    if pattern.match(n)]
+            out += [(n.decode("utf-8", "surrogateescape"), v, i)
+                    for n, v, i in _Elf(dbg).functions() if pattern.match(n)]
         except (OSError, ElfError):
             pass  # a broken debug file only costs its local symbols
     return out

@@ -41,6 +41,7 @@ DEFAULT_ROOT = "/var/cache/bpflbr-shell/probes"
 ENV_ROOT = "BPFLBR_SHELL_PROBE_CACHE"  # another directory, or "off"
 FORMAT = 1
 MAX_ENTRY = 8 << 20
+MAX_FACT = 64 << 10
 MAX_MAPS = 64
 _KEY = re.compile(r"[0-9a-f]{64}")
 
@@ -285,13 +286,15 @@ class ProbeCache:
 
     def store(self, entry: Entry) -> None:
         """Write atomically (a private temp file renamed over the entry)."""
-        path = self.path(entry.key)
-        tmp = self.root / f".{entry.key}.{os.getpid()}.tmp"
+        self._write(self.path(entry.key), entry.key, entry.to_json())
+
+    def _write(self, path: Path, key: str, data: bytes) -> None:
+        tmp = self.root / f".{key}.{os.getpid()}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
                      0o600)
         try:
             with os.fdopen(fd, "wb") as f:
-                f.write(entry.to_json())
+                f.write(data)
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -299,6 +302,52 @@ class ProbeCache:
             except OSError:
                 pass
             raise
+
+    # facts: small results of slow lookups (a function's DWARF types) per file version -------
+    def fact_path(self, key: str) -> Path:
+        if not _KEY.fullmatch(key):
+            raise ValueError(key)
+        return self.root / f"fact-{key}.json"
+
+    def load_fact(self, key: str) -> dict[str, Any] | None:
+        """The value stored under ``key`` (a :func:`fact_key`), or None: none, unusable or not
+        what :meth:`store_fact` writes (then the caller looks the fact up again)."""
+        try:
+            data = safefile.read_safe(str(self.fact_path(key)), MAX_FACT)
+            doc = json.loads(data)
+        except FileNotFoundError:
+            return None
+        except (OSError, safefile.UnsafeFileError, ValueError) as exc:
+            say_once(f"fact:{key}", f"probe cache fact not used: {exc}; looking it up again")
+            return None
+        if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("key") != key \
+                or not isinstance(doc.get("value"), dict):
+            say_once(f"fact:{key}", "probe cache fact is corrupt; looking it up again")
+            return None
+        return doc["value"]
+
+    def store_fact(self, key: str, value: dict[str, Any]) -> None:
+        try:
+            self._write(self.fact_path(key), key, json.dumps(
+                {"format": FORMAT, "key": key, "value": value}, sort_keys=True).encode())
+        except (OSError, ValueError, TypeError) as exc:
+            say_once("store", f"probe cache: cannot keep a fact ({exc})")
+
+
+def fact_key(kind: str, files: list[str], *parts: str | int) -> str | None:
+    """The key of a fact about ``files`` (e.g. a binary and its debug file): their paths and
+    identities (device, inode, size, mtime and ctime: a rebuilt or replaced file is another
+    key) and ``parts``. None when a file cannot be stat'ed (then nothing is cached)."""
+    ids = []
+    for path in files:
+        try:
+            st = os.stat(path)
+        except OSError:
+            return None
+        ids.append([os.path.realpath(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
+                    st.st_ctime_ns])
+    what = {"format": FORMAT, "kind": kind, "files": ids, "parts": list(parts)}
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
 
 def default_cache() -> ProbeCache | None:

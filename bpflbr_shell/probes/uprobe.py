@@ -31,6 +31,8 @@ class UserTarget:
     binary: str  # resolved path
     name: str
     offset: int  # file offset BCC reports (what attach_uprobe takes as addr)
+    # a GNU indirect function (STT_GNU_IFUNC): a uprobe here sits on its resolver
+    ifunc: bool = field(default=False, compare=False)
 
 
 @dataclass(slots=True)
@@ -202,10 +204,11 @@ def _functions(path: str, glob: str, regex: str | None = None) -> list[UserTarge
     """BCC's get_user_functions_and_addresses, read by elfsyms (no ``import bcc``)."""
     regex = regex or fnmatch.translate(glob)
     try:
-        found = elfsyms.function_symbols(path, regex)
+        found = elfsyms.function_symbols_typed(path, regex)
     except (OSError, elfsyms.ElfError) as exc:
         raise NotFoundError(f"cannot read symbols of {path}: {exc}") from None
-    return sorted({UserTarget(path, n, a) for n, a in found},
+    ifuncs = {(n, a) for n, a, ifunc in found if ifunc}
+    return sorted({UserTarget(path, n, a, (n, a) in ifuncs) for n, a, _ in found},
                   key=lambda t: (t.name, t.offset))
 
 
@@ -219,8 +222,11 @@ def resolve_ifuncs(targets: list[UserTarget], user_syms: Any, pid: int,
     read, the resolver is traced and ``notes`` names the implementations to trace instead."""
     out: list[UserTarget] = []
     for t in targets:
+        if not t.ifunc:  # the symbol table says so: no DWARF opened for the common case
+            out.append(t)
+            continue
         image = user_syms.image(t.binary)
-        if image is None or image.symbol_kind(t.name) != "ifunc":
+        if image is None:
             out.append(t)
             continue
         impl, where = None, ""
@@ -266,21 +272,15 @@ def parse_str_spec(text: str | None, retprobe: bool) -> int:
 
 
 def string_knobs(targets: list[UserTarget], user_syms: Any, asked: int, retprobe: bool,
-                 notes: list[str]) -> dict[str, int]:
+                 notes: list[str], cache: Any = None) -> dict[str, int]:
     """STR_MASK/STR_COUNT for the probe: the args and retval the traced functions' DWARF
     types as ``char *`` (the same for every target, since one program serves them all),
-    plus what ``--str`` asked for."""
+    plus what ``--str`` asked for. ``cache`` (an objcache.ProbeCache) keeps what the DWARF
+    said per file version: reading it costs more than the rest of a warm start."""
     masks = set()
     for name, binary in {(t.name, t.binary) for t in targets}:
-        image = user_syms.image(binary)
-        sig = image.signature(name) if image is not None else None
-        m = 0
-        if sig is not None:
-            m = sum(1 << i for i, (_, vt) in enumerate(sig.params[:MAX_ARGS])
-                    if vt is not None and vt.string)
-            if retprobe and sig.ret is not None and sig.ret.string:
-                m |= 1 << RET_STR
-        masks.add(m)
+        params, ret = char_pointers(binary, name, user_syms, cache)
+        masks.add(params | (1 << RET_STR if retprobe and ret else 0))
     typed = masks.pop() if len(masks) == 1 else 0
     if masks:  # more than one
         notes.append("C strings not copied: the traced functions differ in which values are "
@@ -289,6 +289,37 @@ def string_knobs(targets: list[UserTarget], user_syms: Any, asked: int, retprobe
     if not retprobe:
         mask &= ~(1 << RET_STR)
     return {"STR_MASK": mask, "STR_COUNT": bin(mask).count("1")} if mask else {}
+
+
+def char_pointers(binary: str, func: str, user_syms: Any, cache: Any = None,
+                  ) -> tuple[int, bool]:
+    """(bit i set: parameter i is a ``char *``, whether the return value is one) of ``func``
+    in ``binary`` from its DWARF; (0, False) when unknown."""
+    key = None
+    if cache is not None:
+        from .objcache import fact_key
+
+        try:
+            dbg = elfsyms.debug_file(binary)  # installing libc6-dbg changes the answer
+        except (OSError, elfsyms.ElfError):
+            dbg = None
+        key = fact_key("char-pointers", [binary] + ([dbg] if dbg else []), func)
+        fact = cache.load_fact(key) if key else None
+        if fact is not None:
+            params, ret = fact.get("params"), fact.get("ret")
+            if isinstance(params, int) and 0 <= params < 1 << MAX_ARGS and \
+                    isinstance(ret, bool):
+                return params, ret
+    image = user_syms.image(binary)
+    sig = image.signature(func) if image is not None else None
+    params, ret = 0, False
+    if sig is not None:
+        params = sum(1 << i for i, (_, vt) in enumerate(sig.params[:MAX_ARGS])
+                     if vt is not None and vt.string)
+        ret = sig.ret is not None and sig.ret.string
+    if key is not None and image is not None:  # no drgn, no answer: nothing to keep
+        cache.store_fact(key, {"params": params, "ret": bool(ret)})
+    return params, bool(ret)
 
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")

@@ -219,8 +219,11 @@ def _enable_stats(rt: Runtime) -> None:
 
 def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
               make: Callable[[Any], Any], params: dict[int, Signature] | None = None,
-              signature_of: Callable[[str | None], Signature | None] | None = None) -> None:
+              signature_of: Callable[[str | None], Signature | None] | None = None,
+              attached: Callable[[], None] | None = None) -> None:
     """Start a tracer, then stream its events (foreground) or leave it running (``--bg``).
+    ``attached`` runs once the probes are in, before events are read: work that need not
+    delay the first possible event (the events wait in the rings meanwhile).
 
     Every path out of here (limit, duration, Ctrl-C, an exception) detaches a foreground
     trace; background ones detach on ``trace stop``, shell exit or SIGTERM (session.py).
@@ -281,6 +284,8 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
     trace.limit = args.limit
     trace.printq = None if args.quiet else PrintQueue()
     ctx.status(f"trace {trace.id}: {summary}")
+    if attached is not None:
+        attached()
     reason = trace.tracer.lbr_off_reason
     if args.lbr and reason and not rt.lbr_notice_given:
         rt.lbr_notice_given = True
@@ -433,7 +438,9 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     notes: list[str] = []  # which file, which IFUNC implementation, which strings
     targets = resolve_targets(binary, glob, pid=args.pid or 0, notes=notes)
     targets = resolve_ifuncs(targets, rt.user_syms, args.pid or 0, notes)
-    extra = string_knobs(targets, rt.user_syms, asked, retprobe, notes)
+    from bpflbr_shell.probes.objcache import default_cache
+
+    extra = string_knobs(targets, rt.user_syms, asked, retprobe, notes, default_cache())
     for path in {t.binary for t in targets}:  # open64's events say open64, not __open
         rt.user_syms.prefer(path, [t.name for t in targets if t.binary == path])
     for note in notes + rt.user_syms.take_notices():
@@ -446,11 +453,15 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     label = f"{kind} {os.path.basename(targets[0].binary)}:{glob}"
     names = ", ".join(t.name for t in targets[:5]) + (" ..." if len(targets) > 5 else "")
     spec = f"{kind} {args.target}" + (f" --pid {args.pid}" if args.pid else "")
-    if args.pid:  # its mappings now: the process may be gone before its first event is read
-        runtime(ctx).user_syms.prepare(args.pid)
+    pid = args.pid
+
+    def attached() -> None:  # its mappings now: it may be gone before its first event is read
+        if pid:
+            rt.user_syms.prepare(pid)
+
     run_trace(ctx, args, spec,
               f"{kind} on {len(targets)} function(s) of {targets[0].binary}: {names}",
-              lambda on_event: UprobeTracer(targets, opts, on_event, label))
+              lambda on_event: UprobeTracer(targets, opts, on_event, label), attached=attached)
 
 
 def _common_trace_args(cmd: Any) -> Any:
