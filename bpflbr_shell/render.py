@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .kernel.model import ProgInfo, SubProg
+if TYPE_CHECKING:  # annotations only
+    from .kernel.model import ProgInfo, SubProg
 
 RESET, BOLD, DIM, CYAN, GREEN, YELLOW, RED = (
     "\x1b[0m", "\x1b[1m", "\x1b[2m", "\x1b[36m", "\x1b[32m", "\x1b[33m", "\x1b[31m")

@@ -15,9 +15,11 @@ from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from .kernel.kallsyms import KallsymsIndex
-from .kernel.model import ProgInfo, SubProg
+if TYPE_CHECKING:  # annotations only: a trace's start-up does not pay for these imports
+    from .kernel.kallsyms import KallsymsIndex
+    from .kernel.model import ProgInfo, SubProg
 
 LineResolver = Callable[[int], "tuple[str, int, int] | None"]
 """addr -> (file, line, col) for kernel/module code; col 0 when unknown."""

@@ -12,7 +12,6 @@ import ctypes
 import errno
 import fcntl
 import os
-import platform
 from collections.abc import Iterable, Sequence
 from functools import cache
 
@@ -193,9 +192,9 @@ def _syscall() -> ctypes._CFuncPtr:
 def perf_event_open(attr: PerfEventAttr, pid: int, cpu: int, group_fd: int = -1,
                     flags: int = PERF_FLAG_FD_CLOEXEC) -> int:
     """The raw syscall: an fd, or ``OSError`` carrying the kernel's errno."""
-    nr = _NR_PERF_EVENT_OPEN.get(platform.machine())
+    nr = _NR_PERF_EVENT_OPEN.get(os.uname().machine)
     if nr is None:
-        raise FeatureError(f"perf_event_open: syscall number unknown for {platform.machine()}")
+        raise FeatureError(f"perf_event_open: syscall number unknown for {os.uname().machine}")
     ret = _syscall()(nr, ctypes.byref(attr), pid, cpu, group_fd, flags)
     if ret < 0:
         err = ctypes.get_errno()

@@ -12,7 +12,6 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
 from ..errors import UserError
 from ..events import LBR_ENTRIES, Event, decode_record, raw_event_type
@@ -44,7 +43,8 @@ class CaptureOptions:
 def possible_cpus() -> int:
     """How many CPU ids the kernel may use (one event ring each): /sys's ``possible`` range."""
     try:
-        text = Path("/sys/devices/system/cpu/possible").read_text().strip()
+        with open("/sys/devices/system/cpu/possible") as f:
+            text = f.read().strip()
         return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
     except (OSError, ValueError):
         return os.cpu_count() or 1
