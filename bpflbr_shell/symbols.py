@@ -11,6 +11,7 @@ No privileged work happens here; callers hand in a built index and prog infos.
 
 from __future__ import annotations
 
+import threading
 from array import array
 from bisect import bisect_right
 from collections.abc import Callable, Iterable
@@ -71,8 +72,30 @@ class _BpfRange:
     lines: list  # the LineInfo records matching line_addrs
 
 
+@dataclass(frozen=True, slots=True)
+class _Table:
+    """The registered JIT ranges, swapped in whole: a reader takes ``self._table`` once and
+    sees one consistent version, however the shell adds and removes programs meanwhile."""
+
+    starts: array  # array('Q'): ascending subprog start addresses
+    ends: array  # matching end addresses (exclusive)
+    ranges: tuple[_BpfRange, ...]
+
+    def find(self, addr: int) -> _BpfRange | None:
+        i = bisect_right(self.starts, addr) - 1
+        return self.ranges[i] if i >= 0 and addr < self.ends[i] else None
+
+
+_EMPTY = _Table(array("Q"), array("Q"), ())
+
+
 class Symbolizer:
-    """Turns addresses into :class:`Location`; see the module docstring for the order."""
+    """Turns addresses into :class:`Location`; see the module docstring for the order.
+
+    Safe for readers in background threads (a trace's reader) while another thread adds or
+    removes programs: writers take a lock and publish a new :class:`_Table` in one
+    assignment; readers take no lock, and a Location resolved from a table that was replaced
+    meanwhile is returned but not cached."""
 
     CACHE_LIMIT = 1 << 20
     """Entries kept before the cache is dropped wholesale (cheap, and code is finite)."""
@@ -80,9 +103,8 @@ class Symbolizer:
     def __init__(self, kallsyms: KallsymsIndex | None, progs: Iterable[ProgInfo] = ()) -> None:
         self.kallsyms = kallsyms
         self._line_resolver: LineResolver | None = None
-        self._starts = array("Q")  # ascending subprog start addresses
-        self._ends = array("Q")  # matching end addresses (exclusive)
-        self._ranges: list[_BpfRange] = []
+        self._table = _EMPTY
+        self._write = threading.Lock()  # writers only
         self._cache: dict[int, Location] = {}
         self.generation = 0  # bumped whenever cached Locations are dropped (see _forget)
         for p in progs:
@@ -103,46 +125,44 @@ class Symbolizer:
     def add_prog(self, prog: ProgInfo) -> None:
         """Register a program's JIT ranges. A range overlapping an older one replaces it: the
         kernel reuses JIT memory after an unload, and the newest prog info is the truth."""
-        self.remove_prog(prog.id)
-        for sub in prog.subprogs:
-            if not sub.addr or sub.size <= 0:
-                continue  # not JITed: nothing executes at an address
-            jited = [li for li in sub.lines if li.addr]
-            jited.sort(key=lambda li: li.addr)
-            rng = _BpfRange(prog, sub, array("Q", [li.addr for li in jited]), jited)
-            start, end = sub.addr, sub.addr + sub.size
-            keep = [
-                r for r in self._ranges if r.sub.addr + r.sub.size <= start or r.sub.addr >= end
-            ]
-            keep.append(rng)
-            keep.sort(key=lambda r: r.sub.addr)
-            self._set_ranges(keep)
-        self._forget()
+        with self._write:
+            keep = [r for r in self._table.ranges if r.prog.id != prog.id]
+            for sub in prog.subprogs:
+                if not sub.addr or sub.size <= 0:
+                    continue  # not JITed: nothing executes at an address
+                jited = [li for li in sub.lines if li.addr]
+                jited.sort(key=lambda li: li.addr)
+                start, end = sub.addr, sub.addr + sub.size
+                keep = [r for r in keep if r.sub.addr + r.sub.size <= start or r.sub.addr >= end]
+                keep.append(_BpfRange(prog, sub, array("Q", [li.addr for li in jited]), jited))
+            self._publish(keep)
 
     def remove_prog(self, prog_id: int) -> None:
         """Forget a program (unloaded); its addresses fall back to kallsyms."""
-        if any(r.prog.id == prog_id for r in self._ranges):
-            self._set_ranges([r for r in self._ranges if r.prog.id != prog_id])
-            self._forget()
+        with self._write:
+            if any(r.prog.id == prog_id for r in self._table.ranges):
+                self._publish([r for r in self._table.ranges if r.prog.id != prog_id])
 
-    def _set_ranges(self, ranges: list[_BpfRange]) -> None:
-        self._ranges = ranges
-        self._starts = array("Q", [r.sub.addr for r in ranges])
-        self._ends = array("Q", [r.sub.addr + r.sub.size for r in ranges])
+    def _publish(self, ranges: list[_BpfRange]) -> None:
+        ranges.sort(key=lambda r: r.sub.addr)
+        self._table = _Table(array("Q", [r.sub.addr for r in ranges]),
+                             array("Q", [r.sub.addr + r.sub.size for r in ranges]),
+                             tuple(ranges))
+        self._forget()
 
     @property
     def progs(self) -> list[ProgInfo]:
         """Registered programs, each once, in address order of their first subprogram."""
         seen: dict[int, ProgInfo] = {}
-        for r in self._ranges:
+        for r in self._table.ranges:
             seen.setdefault(r.prog.id, r.prog)
         return list(seen.values())
 
     def _forget(self) -> None:
         """Drop every cached Location. Callers that keep values derived from them per address
         (rendered LBR endpoints) watch ``generation`` to know when to drop theirs."""
-        self._cache.clear()
-        self.generation += 1
+        self.generation += 1  # first: a resolve in flight sees it changed and does not cache
+        self._cache = {}
 
     # ---- lookups ------------------------------------------------------------------------
 
@@ -161,24 +181,24 @@ class Symbolizer:
 
     def bpf_range(self, addr: int) -> tuple[ProgInfo, SubProg] | None:
         """The registered program and subprogram whose JIT code contains ``addr``."""
-        i = bisect_right(self._starts, addr) - 1
-        if i >= 0 and addr < self._ends[i]:
-            r = self._ranges[i]
-            return r.prog, r.sub
-        return None
+        r = self._table.find(addr)
+        return (r.prog, r.sub) if r is not None else None
 
     def _resolve(self, addr: int) -> Location:
-        loc = self._resolve_bpf(addr) or self._resolve_kallsyms(addr) or Location(addr)
-        if len(self._cache) >= self.CACHE_LIMIT:
+        generation, cache, table = self.generation, self._cache, self._table
+        loc = self._resolve_bpf(table, addr) or self._resolve_kallsyms(table, addr) or \
+            Location(addr)
+        if len(cache) >= self.CACHE_LIMIT:
             self._forget()
-        self._cache[addr] = loc
+        elif generation == self.generation and table is self._table:
+            cache[addr] = loc  # resolved from the table still in force
         return loc
 
-    def _resolve_bpf(self, addr: int) -> Location | None:
-        i = bisect_right(self._starts, addr) - 1
-        if i < 0 or addr >= self._ends[i]:
+    @staticmethod
+    def _resolve_bpf(table: _Table, addr: int) -> Location | None:
+        r = table.find(addr)
+        if r is None:
             return None
-        r = self._ranges[i]
         sub = r.sub
         file = text = None
         line = col = None
@@ -191,15 +211,15 @@ class Symbolizer:
             line=line, col=col, text=text, kind="bpf", prog_id=r.prog.id,
         )
 
-    def _resolve_kallsyms(self, addr: int) -> Location | None:
+    def _resolve_kallsyms(self, table: _Table, addr: int) -> Location | None:
         if self.kallsyms is None:
             return None
         sym = self.kallsyms.lookup(addr)
         if sym is None:
             return None
         if sym.module == "bpf":
-            i = bisect_right(self._starts, sym.addr) - 1
-            if i >= 0 and self._starts[i] == sym.addr:
+            i = bisect_right(table.starts, sym.addr) - 1
+            if i >= 0 and table.starts[i] == sym.addr:
                 return None  # past the exact end of a prog we know: kallsyms only guesses sizes
             # a [bpf] symbol (trampoline, or a prog we have no info for): no lines to offer
             return Location(addr, sym.name, addr - sym.addr, "bpf", kind="bpf")

@@ -229,3 +229,63 @@ int live_sf(struct __sk_buff *skb)
             )
         assert s.symbolize(sp.end - 1).func == sp.ksym
     b.cleanup()
+
+
+def test_concurrent_add_remove_while_resolving(kallsyms, progs):
+    """A background trace's reader thread symbolizes while the shell adds and removes
+    programs (a trace attaching its own, `show progs` refreshing). Before the fix the three
+    arrays were swapped one by one: a reader saw new starts with old ranges (IndexError, or
+    another program's name), and a Location resolved from the old table was cached after the
+    swap, for good. Every answer must be one of the two true ones (the program, when it is
+    registered; kallsyms' symbol, when it is not) and, once the writer is done, the cache
+    must hold no stale answer."""
+    import sys
+    import threading
+    import time
+
+    owner = {}  # address -> (prog id, ksym): from the recorded prog infos, not our tables
+    for p in progs:
+        for sp in p.subprogs:
+            if sp.addr and sp.size > 0:
+                for a in range(sp.addr, sp.addr + sp.size, max(1, sp.size // 16)):
+                    owner[a] = (p.id, sp.ksym)
+    assert len({pid for pid, _ in owner.values()}) >= 2
+    sym = Symbolizer(kallsyms, progs)
+    moving = progs[: max(1, len(progs) // 2)]
+    stop = threading.Event()
+    errors: list[str] = []
+
+    def read() -> None:
+        try:
+            while not stop.is_set():
+                for a, (pid, ksym) in owner.items():
+                    loc = sym.symbolize(a)
+                    if loc.prog_id is not None and (loc.prog_id, loc.func) != (pid, ksym):
+                        errors.append(f"{a:#x}: prog {loc.prog_id} {loc.func}, not {pid}")
+                        return
+        except Exception as exc:  # noqa: BLE001 - what the test is about
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as the interpreter allows
+    readers = [threading.Thread(target=read) for _ in range(2)]
+    try:
+        for t in readers:
+            t.start()
+        deadline = time.monotonic() + 3.0  # a few thousand swaps
+        while time.monotonic() < deadline:
+            for p in moving:
+                sym.remove_prog(p.id)
+            for p in moving:
+                sym.add_prog(p)
+            if errors:
+                break
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+        sys.setswitchinterval(old)
+    assert not errors, errors[:3]
+    for a, (pid, ksym) in owner.items():  # every program registered again: no stale cache
+        loc = sym.symbolize(a)
+        assert (loc.prog_id, loc.func) == (pid, ksym), hex(a)
