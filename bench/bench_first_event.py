@@ -52,7 +52,7 @@ def build_target(tmp: Path) -> Path:
 
 def libc_path() -> str:
     sys.path.insert(0, str(REPO))
-    from bpflbr_shell.probes.uprobe import resolve_binary
+    from bpflbr_shell.trace.probes.uprobe import resolve_binary
 
     return resolve_binary("c")
 

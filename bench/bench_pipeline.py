@@ -53,7 +53,7 @@ def live_scenario() -> Iterator[Any]:
         read_raw_prog_info,
         read_raw_prog_info_fd,
     )
-    from bpflbr_shell.probes.ranges import tracer_ranges
+    from bpflbr_shell.trace.probes.ranges import tracer_ranges
 
     proc, ids = start_workload("--no-bcc")
     bpf = None
@@ -83,7 +83,7 @@ def fixture_scenario() -> Iterator[Any]:
         prog_ranges_of,
     )
 
-    from bpflbr_shell.probes.ranges import kernel_tracer_ranges
+    from bpflbr_shell.trace.probes.ranges import kernel_tracer_ranges
 
     kallsyms = load_fixture_kallsyms()
     traced, tracer = load_fixture_prog(TRACED_FIXTURE), load_fixture_prog(TRACER_FIXTURE)
@@ -96,7 +96,7 @@ def build_records(sc: Any, walks: int, seed: int = 1) -> list[bytes]:
     """One 32-entry ring-buffer record per distinct walk (random taken jcc sets)."""
     from test_lbr import TAKE_HAPPY_PATH, ProgWalker, pack
 
-    from bpflbr_shell.events import LBR_ENTRIES
+    from bpflbr_shell.trace.events import LBR_ENTRIES
 
     rng = random.Random(seed)
     base = ProgWalker(sc.traced, sc.kallsyms)
@@ -127,7 +127,7 @@ def run_pipeline(records: list[bytes], n: int, out: Any, emit: Callable[[Any], s
                  clear: Callable[[], None] | None) -> tuple[float, float]:
     """Decode + render ``n`` events (cycling through ``records``); returns (wall, cpu) s.
     Records are memoryviews, as the ring-buffer reader hands them to ``decode_record``."""
-    from bpflbr_shell.events import decode_record
+    from bpflbr_shell.trace.events import decode_record
 
     views = [memoryview(r) for r in records]
     nrec = len(views)
@@ -144,8 +144,8 @@ def run_pipeline(records: list[bytes], n: int, out: Any, emit: Callable[[Any], s
 
 
 def measure(sc: Any, records: list[bytes], n: int) -> dict[str, dict[str, float]]:
-    from bpflbr_shell.render_events import EndpointMap, event_json, event_to_json, render_event
-    from bpflbr_shell.symbols import Symbolizer
+    from bpflbr_shell.render.events import EndpointMap, event_json, event_to_json, render_event
+    from bpflbr_shell.symbols.kernel import Symbolizer
 
     opts = sc.opts(keep_ranges=sc.keep_ranges)
     results: dict[str, dict[str, float]] = {}

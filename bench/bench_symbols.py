@@ -184,7 +184,7 @@ def main() -> int:
     idx_build, naive = run_child("index"), run_child("naive")
 
     from bpflbr_shell.kernel.kallsyms import KallsymsIndex
-    from bpflbr_shell.symbols import Symbolizer
+    from bpflbr_shell.symbols.kernel import Symbolizer
 
     index = KallsymsIndex.load()
     progs, keep = bpf_progs()

@@ -112,7 +112,7 @@ def main() -> int:
         print("bench_uprobe: needs root (uprobes, bpf(2))", file=sys.stderr)
         return 2
     sys.path.insert(0, str(REPO))
-    from bpflbr_shell.probes.bccprog import ensure_tracefs
+    from bpflbr_shell.trace.probes.bccprog import ensure_tracefs
 
     ensure_tracefs()
     with tempfile.TemporaryDirectory() as tmp:

@@ -83,7 +83,7 @@ def med(xs: list[float]) -> float:
 # 1. attach + detach ---------------------------------------------------------------------------
 def kprobe_classes() -> tuple[type, type]:
     """(ours: kprobe.multi exactly as ``trace kfunc GLOB`` makes it, the BCC way)"""
-    from bpflbr_shell.probes.kprobes import KprobeTracer
+    from bpflbr_shell.trace.probes.kprobes import KprobeTracer
 
     class BccOneByOne(KprobeTracer):
         """The same program and maps, attached the BCC way: one ``attach_kprobe`` per function
@@ -136,8 +136,8 @@ def probes_left() -> int:
 def bench_attach(opts: argparse.Namespace) -> dict[str, Any]:
     from bcc import BPF
 
-    from bpflbr_shell.probes import kprobes
-    from bpflbr_shell.probes.base import CaptureOptions
+    from bpflbr_shell.trace.probes import kprobes
+    from bpflbr_shell.trace.probes.base import CaptureOptions
 
     Ours, Bcc = kprobe_classes()
     traceable = kprobes.traceable_functions()
@@ -296,12 +296,12 @@ class Consumer(threading.Thread):
 def bench_cost(opts: argparse.Namespace) -> dict[str, Any]:
     from bcc import BPF
 
-    from bpflbr_shell.events import LBR_ENTRIES
     from bpflbr_shell.kernel import libbpf
     from bpflbr_shell.kernel.progs import read_prog_info, read_raw_prog_info_fd
-    from bpflbr_shell.probes.base import CaptureOptions
-    from bpflbr_shell.probes.bccprog import CapturedStderr
-    from bpflbr_shell.probes.tracing import TracingTracer, prog_target
+    from bpflbr_shell.trace.events import LBR_ENTRIES
+    from bpflbr_shell.trace.probes.base import CaptureOptions
+    from bpflbr_shell.trace.probes.bccprog import CapturedStderr
+    from bpflbr_shell.trace.probes.tracing import TracingTracer, prog_target
 
     with CapturedStderr():  # BCC's header warnings
         b = BPF(text=TARGET_C)
@@ -560,8 +560,8 @@ def bench_floor(opts: argparse.Namespace) -> dict[str, Any]:
 
     from bpflbr_shell.kernel import libbpf
     from bpflbr_shell.kernel.progs import read_prog_info, read_raw_prog_info_fd
-    from bpflbr_shell.probes.bccprog import CapturedStderr
-    from bpflbr_shell.probes.tracing import prog_target
+    from bpflbr_shell.trace.probes.bccprog import CapturedStderr
+    from bpflbr_shell.trace.probes.tracing import prog_target
 
     with CapturedStderr():
         b = BPF(text=TARGET_C)

@@ -1,5 +1,5 @@
 /* The event record every bpflbr-shell probe emits (BCC C; included by the probe sources).
- * bpflbr_shell/events.py mirrors this layout; change both together.
+ * bpflbr_shell/trace/events.py mirrors this layout (tests/test_event_layout.py checks it).
  * Compile-time knobs come only from the tool's own integer settings (-D), never user text. */
 #ifndef BPFLBR_LBR_EVENT_H
 #define BPFLBR_LBR_EVENT_H
@@ -99,7 +99,7 @@ struct lbr_event {
 /* One CPU's ring. Slots [cons, prod) hold published events. The probe owns prod and busy;
  * the reader owns cons. A probe that finds the ring full, or busy (a probe of ours interrupted
  * on this CPU between claim and publish), counts a drop. The header is 64 bytes so slots stay
- * 8-byte aligned; bpflbr_shell/probes/cpuring.py mirrors this layout. */
+ * 8-byte aligned; bpflbr_shell/trace/probes/cpuring.py mirrors this layout. */
 struct cpu_ring {
     u64 prod;
     u64 cons;

@@ -7,7 +7,7 @@ It writes tests/fixtures/kfunc-<release>/:
   kallsyms.txt         verbatim /proc/kallsyms lines: every text symbol named __x64_sys_*,
                        __ia32_sys_*, __do_sys_* or __se_sys_*, every symbol sharing an address
                        with one of those, the kprobe/fprobe/rethook functions that can sit on
-                       top of a probe's stack (bpflbr_shell.kstack), and the symbols of the
+                       top of a probe's stack (bpflbr_shell.trace.kstack), and the symbols of the
                        stacks below (each of these with its same-address group and the next
                        symbol, which bounds its size)
   available_filter_functions.txt   the lines of tracefs' list naming any of those symbols
@@ -101,7 +101,7 @@ def main() -> int:
         if f[1] in "tT" and SYSCALL_NAMES.fullmatch(f[2]):
             pick.update(by_addr[f[0]])
     sys.path.insert(0, str(REPO))
-    from bpflbr_shell.kstack import TRACER_STACK_FUNCS
+    from bpflbr_shell.trace.kstack import TRACER_STACK_FUNCS
 
     wanted = [int(f[0], 16) for f in fields if f[2] in TRACER_STACK_FUNCS]
     for s in stacks:

@@ -11,8 +11,8 @@ import struct
 
 import pytest
 
-from bpflbr_shell.events import EV_EXIT, HEAD, decode_record, raw_event_type
-from bpflbr_shell.probes.cpuring import HEADER, CpuRings, ring_bytes
+from bpflbr_shell.trace.events import EV_EXIT, HEAD, decode_record, raw_event_type
+from bpflbr_shell.trace.probes.cpuring import HEADER, CpuRings, ring_bytes
 
 RECORD = ctypes.sizeof(raw_event_type(0))
 
@@ -121,7 +121,7 @@ def test_a_deadline_cuts_a_drain_short_and_keeps_the_rest(
     order."""
     import time
 
-    from bpflbr_shell.probes.cpuring import CHECK_EVERY
+    from bpflbr_shell.trace.probes.cpuring import CHECK_EVERY
 
     real = mmap.mmap
     monkeypatch.setattr(mmap, "mmap", lambda fd, size, *a, **k: real(-1, size))

@@ -25,15 +25,15 @@ from pathlib import Path
 
 import pytest
 
-from bpflbr_shell.disasm import (
+from bpflbr_shell.errors import NotFoundError
+from bpflbr_shell.kernel.model import ProgInfo
+from bpflbr_shell.render.disasm import (
     DisasmFunc,
     disasm_to_json,
     disassemble_prog,
     render_disasm_text,
     short_file,
 )
-from bpflbr_shell.errors import NotFoundError
-from bpflbr_shell.kernel.model import ProgInfo
 
 pytestmark = pytest.mark.live
 
@@ -123,7 +123,7 @@ def prog_id(request: pytest.FixtureRequest) -> int:
 def symbolizer_for():  # noqa: ANN201 - a factory
     """A fresh kallsyms index per program: [bpf] symbols come and go as fixtures load."""
     from bpflbr_shell.kernel.kallsyms import KallsymsIndex
-    from bpflbr_shell.symbols import Symbolizer
+    from bpflbr_shell.symbols.kernel import Symbolizer
 
     return lambda prog: Symbolizer(KallsymsIndex.load(), [prog])
 

@@ -16,17 +16,17 @@ from pathlib import Path
 
 import pytest
 
-from bpflbr_shell.disasm import (
+from bpflbr_shell.errors import FeatureError, NotFoundError, PrivilegeError
+from bpflbr_shell.kernel.kallsyms import KallsymsIndex
+from bpflbr_shell.kernel.model import LineInfo, ProgInfo, RawProgInfo, SubProg
+from bpflbr_shell.kernel.progs import decode_prog_info
+from bpflbr_shell.render.disasm import (
     disasm_to_json,
     disassemble_prog,
     render_disasm_text,
     short_file,
 )
-from bpflbr_shell.errors import FeatureError, NotFoundError, PrivilegeError
-from bpflbr_shell.kernel.kallsyms import KallsymsIndex
-from bpflbr_shell.kernel.model import LineInfo, ProgInfo, RawProgInfo, SubProg
-from bpflbr_shell.kernel.progs import decode_prog_info
-from bpflbr_shell.symbols import Symbolizer
+from bpflbr_shell.symbols.kernel import Symbolizer
 
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"

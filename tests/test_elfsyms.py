@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bpflbr_shell.probes import elfsyms
+from bpflbr_shell.trace.probes import elfsyms
 
 REPO = Path(__file__).resolve().parent.parent
 LIBC = "/usr/lib/x86_64-linux-gnu/libc.so.6"
@@ -53,7 +53,7 @@ def test_resolving_uprobe_targets_does_not_import_bcc() -> None:
     """bcc's import is ~0.1 s of a trace's start; with the probe from the cache nothing else
     needs it."""
     script = ("import sys\n"
-              "from bpflbr_shell.probes.uprobe import resolve_targets\n"
+              "from bpflbr_shell.trace.probes.uprobe import resolve_targets\n"
               f"t = resolve_targets({LIBC!r}, 'malloc')\n"
               "print(len(t), 'bcc' in sys.modules)\n")
     out = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True,

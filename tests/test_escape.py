@@ -9,10 +9,10 @@ import re
 from hypothesis import given
 from hypothesis import strategies as st
 
-from bpflbr_shell.events import Branch, Event
-from bpflbr_shell.render import safe, table
-from bpflbr_shell.render_events import RenderOptions, event_json, render_event
-from bpflbr_shell.symbols import Location
+from bpflbr_shell.render.events import RenderOptions, event_json, render_event
+from bpflbr_shell.render.text import safe, table
+from bpflbr_shell.symbols.kernel import Location
+from bpflbr_shell.trace.events import Branch, Event
 
 EVIL_COMM = "\x1b]0;pwned\x07\n#evil"
 EVIL_SYM = "func\n#1 forged line\x1b[2J"

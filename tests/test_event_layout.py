@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from bpflbr_shell import events
-from bpflbr_shell.probes import base, cpuring
+from bpflbr_shell.trace import events
+from bpflbr_shell.trace.probes import base, cpuring
 
 HEADER_FILE = Path(__file__).resolve().parent.parent / "bpf" / "lbr_event.h"
 FIELDS = ["ts_ns", "duration_ns", "func_ip", "args", "retval", "pid", "tid", "cpu", "kind",

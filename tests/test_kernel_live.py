@@ -157,7 +157,7 @@ def test_not_root_message(require_root: None) -> None:
 
     load_builtin_commands()
     for mod in ("bpflbr_shell.kernel.view", "bpflbr_shell.kernel.progs",
-                "bpflbr_shell.kernel.selectors", "bpflbr_shell.render"):
+                "bpflbr_shell.kernel.selectors", "bpflbr_shell.render.text"):
         importlib.import_module(mod)
     read_end, write_end = os.pipe()
     pid = os.fork()

@@ -14,9 +14,9 @@ from pathlib import Path
 import pytest
 
 from bpflbr_shell.errors import NotFoundError
-from bpflbr_shell.events import Event
 from bpflbr_shell.kernel.kallsyms import KallsymsIndex
-from bpflbr_shell.probes import kprobes
+from bpflbr_shell.trace.events import Event
+from bpflbr_shell.trace.probes import kprobes
 
 FIXTURES = Path(__file__).parent / "fixtures" / "kfunc-6.12.95+deb12-amd64"
 
@@ -156,7 +156,7 @@ def stacks() -> list[dict]:
 
 
 def symbolizer(text: str):
-    from bpflbr_shell.symbols import Symbolizer
+    from bpflbr_shell.symbols.kernel import Symbolizer
 
     sym = Symbolizer(KallsymsIndex.from_text(text))
     return lambda event, addr: sym.symbolize(addr)
@@ -192,7 +192,7 @@ def test_recorded_stacks_are_what_the_rule_is_about(stacks) -> None:
 
 @STALE_FIXTURE
 def test_tracer_frames_hidden_and_counted(stacks) -> None:
-    from bpflbr_shell.render_events import RenderOptions, kernel_frames, render_event
+    from bpflbr_shell.render.events import RenderOptions, kernel_frames, render_event
 
     for rec in stacks:
         symbolize = symbolizer(with_bpf(rec))
@@ -218,7 +218,7 @@ def test_tracer_frames_hidden_and_counted(stacks) -> None:
 def test_stale_kallsyms_still_hides_our_frames(stacks) -> None:
     """A kallsyms snapshot taken before the trace attached knows neither our programs nor
     the trampoline: they are unsymbolized, and still above the traced function."""
-    from bpflbr_shell.render_events import kernel_frames
+    from bpflbr_shell.render.events import kernel_frames
 
     rec = next(r for r in stacks if r["backend"] == "fentry" and r["kind"] == "exit")
     frames, hidden = kernel_frames(stack_event(rec), symbolizer(read("kallsyms.txt")), True)
@@ -228,7 +228,7 @@ def test_stale_kallsyms_still_hides_our_frames(stacks) -> None:
 def test_handler_frames_on_top_of_a_return_stack(kallsyms, stacks) -> None:
     """A return probe's stack (the function has returned: it is not in it) built from real
     addresses with the rethook and fprobe handlers on top: those go, the caller stays."""
-    from bpflbr_shell.render_events import kernel_frames
+    from bpflbr_shell.render.events import kernel_frames
 
     rec = next(r for r in stacks if r["backend"] == "multi" and r["kind"] == "exit")
     handlers = [kallsyms.address_of(n) for n in ("kprobe_multi_link_exit_handler",

@@ -42,22 +42,10 @@ from pathlib import Path
 
 import pytest
 
-from bpflbr_shell.events import (
-    EV_EXIT,
-    LBR_ENTRIES,
-    Branch,
-    Event,
-    RawEvent,
-    decode,
-    raw_event_type,
-)
-from bpflbr_shell.events import decode_record as decode_record_fast
 from bpflbr_shell.kernel.kallsyms import KallsymsIndex
 from bpflbr_shell.kernel.model import ProgInfo, RawProgInfo, SubProg
 from bpflbr_shell.kernel.progs import decode_prog_info
-from bpflbr_shell.lbr import USER_SPACE_END, AddrRange, group, render_blocks, trim
-from bpflbr_shell.probes.ranges import kernel_tracer_ranges
-from bpflbr_shell.render_events import (
+from bpflbr_shell.render.events import (
     EndpointMap,
     RenderOptions,
     _endpoint,
@@ -66,7 +54,19 @@ from bpflbr_shell.render_events import (
     render_event,
     short,
 )
-from bpflbr_shell.symbols import Location, Symbolizer
+from bpflbr_shell.symbols.kernel import USER_SPACE_END, Location, Symbolizer
+from bpflbr_shell.trace.events import (
+    EV_EXIT,
+    LBR_ENTRIES,
+    Branch,
+    Event,
+    RawEvent,
+    decode,
+    raw_event_type,
+)
+from bpflbr_shell.trace.events import decode_record as decode_record_fast
+from bpflbr_shell.trace.lbr import AddrRange, group, render_blocks, trim
+from bpflbr_shell.trace.probes.ranges import kernel_tracer_ranges
 
 TESTS = Path(__file__).resolve().parent
 FIXTURES = TESTS / "fixtures"
@@ -718,8 +718,8 @@ def test_endpoint_map_kept_across_events_renders_what_a_fresh_one_does(fx: Scena
     import random
     from types import SimpleNamespace
 
-    from bpflbr_shell.events import Branch
     from bpflbr_shell.shell.cmd_trace import Runtime, endpoint_map
+    from bpflbr_shell.trace.events import Branch
 
     rng = random.Random(7)
     jccs = sorted(ProgWalker(fx.traced, fx.kallsyms).jcc_ordinal.values())
@@ -740,7 +740,8 @@ def test_endpoint_map_kept_across_events_renders_what_a_fresh_one_does(fx: Scena
     assert 0x401136 not in kept
 
     sym = Symbolizer(fx.kallsyms, fx.progs)
-    ctx, rt = SimpleNamespace(kernel=SimpleNamespace(symbolizer=sym)), Runtime()
+    ctx, rt = SimpleNamespace(kernel=SimpleNamespace(watchers=[sym])), Runtime()  # a view
+    # whose symbolizer kernel_symbolizer() finds
     symbolize = lambda ev, a: sym.symbolize(a)  # noqa: E731
     first = endpoint_map(ctx, rt, symbolize)
     assert endpoint_map(ctx, rt, symbolize) is first
@@ -763,7 +764,7 @@ def test_endpoint_map_shared_by_threads_keeps_each_event_its_own(fx: Scenario):
     (user Locations depend on the pid, here through a symbolizer that names the pid)."""
     import threading
 
-    from bpflbr_shell.events import Branch
+    from bpflbr_shell.trace.events import Branch
 
     def symbolize(ev: Event, addr: int) -> Location:
         if addr < USER_SPACE_END:
@@ -848,7 +849,7 @@ def bcc_tracer(require_root, require_bcc) -> Iterator[int]:
 @pytest.fixture(scope="module")
 def live(example_workload, bcc_tracer) -> Scenario:
     from bpflbr_shell.kernel.progs import read_prog_info, read_raw_prog_info_fd
-    from bpflbr_shell.probes.ranges import tracer_ranges
+    from bpflbr_shell.trace.probes.ranges import tracer_ranges
 
     traced = read_prog_info(example_workload.by_name["tc_classify"])
     tracer = read_prog_info(read_raw_prog_info_fd(bcc_tracer, with_btf=False).id)

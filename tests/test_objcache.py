@@ -18,9 +18,9 @@ from pathlib import Path
 
 import pytest
 
-from bpflbr_shell.probes import objcache
-from bpflbr_shell.probes.objcache import CorruptEntry, Entry, ProbeCache
-from bpflbr_shell.probes.progobj import (
+from bpflbr_shell.trace.probes import objcache
+from bpflbr_shell.trace.probes.objcache import CorruptEntry, Entry, ProbeCache
+from bpflbr_shell.trace.probes.progobj import (
     RUNTIME_KNOBS,
     MapSpec,
     imm,
@@ -178,8 +178,8 @@ def ring_knobs(lbr_entries: int) -> dict[str, int]:
     """Two rings of 64 slots, sized for the record the variant writes (as base.py does)."""
     import ctypes
 
-    from bpflbr_shell.events import raw_event_type
-    from bpflbr_shell.probes.cpuring import ring_bytes
+    from bpflbr_shell.trace.events import raw_event_type
+    from bpflbr_shell.trace.probes.cpuring import ring_bytes
 
     record = ctypes.sizeof(raw_event_type(lbr_entries))
     return {"NR_RINGS": 2, "RING_SLOTS": 64, "RING_BYTES": ring_bytes(64, record)}
@@ -221,7 +221,7 @@ def test_a_cache_hit_loads_what_bcc_compiles(require_root, require_bcc, source: 
     maps), and loaded, the kernel gives both the same tag."""
     import bcc
 
-    from bpflbr_shell.probes import bccprog
+    from bpflbr_shell.trace.probes import bccprog
 
     knobs = {**VARIANTS[source], "FILTER_TGID": 31337, "EXCLUDE_TGID": os.getpid(),
              **ring_knobs(VARIANTS[source]["LBR_ENTRIES"])}
@@ -273,7 +273,7 @@ def test_a_cache_hit_never_imports_bcc(require_root, require_bcc, tmp_path: Path
     env = dict(os.environ, **{objcache.ENV_ROOT: str(tmp_path / "c" / "probes")})
     script = (
         "import json, sys\n"
-        "from bpflbr_shell.probes import objcache\n"
+        "from bpflbr_shell.trace.probes import objcache\n"
         f"obj = objcache.build_program('uprobe.c', json.loads({json.dumps(KNOBS)!r}))\n"
         "fd = obj.load_func('on_entry')\n"
         "print(obj.builder, 'bcc' in sys.modules, fd > 0)\n"

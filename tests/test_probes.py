@@ -10,9 +10,9 @@ import struct
 
 import pytest
 
-from bpflbr_shell.events import raw_event_type
-from bpflbr_shell.probes.base import CaptureOptions, stack_knobs
-from bpflbr_shell.probes.cpuring import slots_for
+from bpflbr_shell.trace.events import raw_event_type
+from bpflbr_shell.trace.probes.base import CaptureOptions, stack_knobs
+from bpflbr_shell.trace.probes.cpuring import slots_for
 
 BPF_FUNC_map_lookup_elem = 1
 BPF_FUNC_get_smp_processor_id = 8
@@ -96,8 +96,8 @@ def calls_that_can_precede(insns: bytes, helper: int) -> list[int]:
 def build(source: str, knobs: dict[str, int], builder: str, tmp_path):
     """The program as BCC compiles it now, or as the probe cache loads it back (a second
     build from a cache the first one filled)."""
-    from bpflbr_shell.probes.bccprog import compile_program
-    from bpflbr_shell.probes.objcache import ProbeCache, build_program
+    from bpflbr_shell.trace.probes.bccprog import compile_program
+    from bpflbr_shell.trace.probes.objcache import ProbeCache, build_program
 
     if builder == "bcc":
         return compile_program(source, knobs)

@@ -17,7 +17,7 @@ from bpflbr_shell.errors import KernelDataError
 from bpflbr_shell.kernel.btf import KIND_FUNC, Btf
 from bpflbr_shell.kernel.model import RawProgInfo
 from bpflbr_shell.kernel.progs import decode_prog_info
-from bpflbr_shell.render import prog_detail, prog_to_json, progs_table
+from bpflbr_shell.render.text import prog_detail, prog_to_json, progs_table
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "progs"
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 import threading
 import time
 
-from bpflbr_shell.events import Event
-from bpflbr_shell.session import PrintQueue, account
+from bpflbr_shell.trace.events import Event
+from bpflbr_shell.trace.session import PrintQueue, account
 
 
 def event(n: int) -> Event:

@@ -11,11 +11,11 @@ import tracemalloc
 
 import pytest
 
-from bpflbr_shell.events import Branch, Event
-from bpflbr_shell.render_events import event_to_json
+from bpflbr_shell.render.events import event_to_json
 from bpflbr_shell.shell import Context, load_builtin_commands
 from bpflbr_shell.shell.cmd_trace import render_options, runtime, symbolizer_for
 from bpflbr_shell.shell.runner import run_line
+from bpflbr_shell.trace.events import Branch, Event
 
 pytestmark = pytest.mark.live
 N_EVENTS = 20_000

@@ -13,7 +13,7 @@ import pytest
 from bpflbr_shell.kernel.kallsyms import KallsymsIndex
 from bpflbr_shell.kernel.model import ProgInfo, RawProgInfo
 from bpflbr_shell.kernel.progs import decode_prog_info
-from bpflbr_shell.symbols import KINDS, Location, Symbolizer
+from bpflbr_shell.symbols.kernel import KINDS, Location, Symbolizer
 
 FIXTURES = Path(__file__).parent / "fixtures"
 

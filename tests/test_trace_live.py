@@ -250,7 +250,7 @@ def bpftool_json(*args: str) -> Any:
 def uprobe_events() -> list[str]:
     path = Path("/sys/kernel/tracing/uprobe_events")
     if not path.exists():
-        from bpflbr_shell.probes.bccprog import ensure_tracefs
+        from bpflbr_shell.trace.probes.bccprog import ensure_tracefs
 
         ensure_tracefs()
     return path.read_text().splitlines()
@@ -698,7 +698,7 @@ def test_short_lived_process_is_symbolized(shell: InProcShell, target_bin: Path,
     """The target runs and exits before the reader sees its first event: nothing can ask
     the process any more, yet the function, its arg names and the frames in the binary
     resolve (the uprobe's binary is placed from the event's func_ip)."""
-    from bpflbr_shell.probes.uprobe import UprobeTracer
+    from bpflbr_shell.trace.probes.uprobe import UprobeTracer
 
     gate = threading.Event()
     real_poll = UprobeTracer.poll
@@ -982,7 +982,7 @@ def test_exception_in_event_path_stops_and_detaches(shell: InProcShell, targets,
                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """An exception raised while an event is handled (here: in user symbolization) ends a
     foreground trace like any other failure: reported, detached; Ctrl-C there stops it."""
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.symbols.user import UserSymbolizer
 
     t = targets()
     watch = ((t, "add"),)
@@ -1022,7 +1022,7 @@ def test_exception_in_event_path_stops_and_detaches(shell: InProcShell, targets,
 def test_exception_in_background_trace_detaches(shell: InProcShell, targets,
                                                 target_bin: Path,
                                                 monkeypatch: pytest.MonkeyPatch) -> None:
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.symbols.user import UserSymbolizer
 
     t = targets()
     watch = ((t, "add"),)
@@ -1054,7 +1054,7 @@ def test_failing_reader_close_still_detaches(shell: InProcShell, targets, target
                                              monkeypatch: pytest.MonkeyPatch) -> None:
     """An exception while the tracer closes its event-ring reader is reported, and the
     probes come off anyway."""
-    from bpflbr_shell.probes.cpuring import CpuRings
+    from bpflbr_shell.trace.probes.cpuring import CpuRings
 
     t = targets()
     watch = ((t, "add"),)
@@ -1137,7 +1137,7 @@ def test_drops_counted_exactly_with_a_tiny_ring_buffer(require_root: None, requi
     """One page of event rings (16 slots a CPU), nobody reading while the target makes 20000
     calls: the rings overflow for sure, and every hit is either delivered or counted as a
     drop."""
-    from bpflbr_shell.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
+    from bpflbr_shell.trace.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
 
     calls = 20000
     t = targets(calls)
@@ -1311,7 +1311,7 @@ def libc_targets(libc_target_bin: Path) -> Iterator[Callable[..., LibcTarget]]:
 
 
 def require_libc_dwarf() -> None:
-    from bpflbr_shell.usersyms import BinaryImage
+    from bpflbr_shell.symbols.user import BinaryImage
 
     try:
         BinaryImage(os.path.realpath(resolve_libc())).prog.function("__libc_read")
@@ -1320,7 +1320,7 @@ def require_libc_dwarf() -> None:
 
 
 def resolve_libc() -> str:
-    from bpflbr_shell.probes.uprobe import resolve_binary
+    from bpflbr_shell.trace.probes.uprobe import resolve_binary
 
     return resolve_binary("c")
 
@@ -1535,7 +1535,7 @@ def test_h2_string_probe_still_snapshots_first(require_root: None, require_bcc: 
         helper_calls,
     )
 
-    from bpflbr_shell.probes.bccprog import compile_program
+    from bpflbr_shell.trace.probes.bccprog import compile_program
 
     b = compile_program("uprobe.c", {"CAPTURE_LBR": 1, "LBR_ENTRIES": 32, "EMIT_ENTRY": 1,
                                      "PAIR_EXIT": 1, "STR_MASK": 1 | 1 << 6, "STR_COUNT": 2})

@@ -94,7 +94,7 @@ def target(target_bin: Path) -> Iterator[Target]:
 
 
 def libc_path() -> str:
-    from bpflbr_shell.probes.uprobe import resolve_binary
+    from bpflbr_shell.trace.probes.uprobe import resolve_binary
 
     return resolve_binary("c")
 
@@ -138,7 +138,7 @@ class Ours:
     """Our uprobe tracer on getppid, counting the events it delivers."""
 
     def __init__(self, pid: int) -> None:
-        from bpflbr_shell.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
+        from bpflbr_shell.trace.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
 
         self.events = 0
         targets = resolve_targets(libc_path(), "getppid")
@@ -210,7 +210,7 @@ def test_a_non_pie_executable_is_probed_at_the_file_offset(require_root, require
                                                           tmp_path: Path) -> None:
     """Symbols give addresses; the uprobe PMU takes file offsets. In a -no-pie executable
     they differ (text at 0x401000, file offset 0x1000): each of the N calls is an event."""
-    from bpflbr_shell.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
+    from bpflbr_shell.trace.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
 
     gcc = shutil.which("gcc")
     if gcc is None:
@@ -244,7 +244,7 @@ def test_a_conflicting_ref_ctr_offset_is_said_not_sent_to_show_features(
     process maps, so its counter is never written anywhere."""
     from bpflbr_shell.errors import FeatureError
     from bpflbr_shell.kernel import perf
-    from bpflbr_shell.probes.uprobe import (
+    from bpflbr_shell.trace.probes.uprobe import (
         UprobeOptions,
         UprobeTracer,
         file_offset,

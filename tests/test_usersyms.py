@@ -18,15 +18,15 @@ from pathlib import Path
 
 import pytest
 
-from bpflbr_shell.events import RET_STR, STR_SHOWN, CapturedStr, Event
-from bpflbr_shell.render_events import (
+from bpflbr_shell.kernel.values import Signature, ValueType, format_str
+from bpflbr_shell.render.events import (
     RenderOptions,
     event_json,
     event_to_json,
     format_call,
     render_event,
 )
-from bpflbr_shell.values import Signature, ValueType, format_str
+from bpflbr_shell.trace.events import RET_STR, STR_SHOWN, CapturedStr, Event
 
 drgn = pytest.importorskip("drgn")
 
@@ -44,7 +44,7 @@ LIBC = mapped_path("libc.so.6")
 
 @pytest.fixture(scope="module")
 def libc():
-    from bpflbr_shell.usersyms import BinaryImage
+    from bpflbr_shell.symbols.user import BinaryImage
 
     image = BinaryImage(LIBC)
     try:
@@ -70,7 +70,7 @@ def test_libc_assembly_stub_degrades_to_raw_values_once(libc) -> None:
 
 
 def test_symbolizer_hands_notices_out_once(libc) -> None:
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.symbols.user import UserSymbolizer
 
     us = UserSymbolizer()
     us._images[LIBC] = libc  # noqa: SLF001 - the image above, already open
@@ -148,7 +148,7 @@ def readelf_irelative(path: str) -> dict[int, list[int]]:
 
 
 def test_irelative_slots_match_readelf() -> None:
-    from bpflbr_shell.usersyms import irelative_slots
+    from bpflbr_shell.symbols.user import irelative_slots
 
     if os.uname().machine != "x86_64":
         pytest.skip("R_X86_64_IRELATIVE is x86-64's")
@@ -160,7 +160,7 @@ def test_irelative_slots_match_readelf() -> None:
 def test_ifunc_implementation_is_what_the_loader_chose(libc) -> None:
     """dlsym("strlen") runs the resolver and returns the implementation; we read the GOT slot
     the loader filled instead, calling nothing. Both must name the same function."""
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.symbols.user import UserSymbolizer
 
     us = UserSymbolizer()
     us._images[LIBC] = libc  # noqa: SLF001
@@ -179,8 +179,8 @@ def test_ifunc_implementation_is_what_the_loader_chose(libc) -> None:
 
 def test_resolve_ifuncs_swaps_the_resolver_for_the_implementation(libc) -> None:
     pytest.importorskip("bcc")
-    from bpflbr_shell.probes.uprobe import resolve_ifuncs, resolve_targets
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.symbols.user import UserSymbolizer
+    from bpflbr_shell.trace.probes.uprobe import resolve_ifuncs, resolve_targets
 
     us = UserSymbolizer()
     us._images[LIBC] = libc  # noqa: SLF001
@@ -206,7 +206,7 @@ def test_pid_resolves_the_copy_the_process_maps() -> None:
     """The pyenv python links its own libpython3.11.so.1.0; ldconfig knows Debian's. Without
     --pid the short name chose Debian's copy and the trace saw nothing, silently."""
     pytest.importorskip("bcc")
-    from bpflbr_shell.probes.uprobe import resolve_binary
+    from bpflbr_shell.trace.probes.uprobe import resolve_binary
 
     if not PYENV_PY.exists():
         pytest.skip(f"needs the pyenv python at {PYENV_PY} (a second libpython3.11)")
@@ -236,7 +236,7 @@ def test_pid_resolves_the_copy_the_process_maps() -> None:
 
 def test_pid_that_does_not_map_the_file_is_said() -> None:
     pytest.importorskip("bcc")
-    from bpflbr_shell.probes.uprobe import resolve_binary
+    from bpflbr_shell.trace.probes.uprobe import resolve_binary
 
     notes: list[str] = []
     path = resolve_binary(sys.executable, os.getpid(), notes)
@@ -254,8 +254,8 @@ def test_pid_that_does_not_map_the_file_is_said() -> None:
 def test_user_stack_cut_at_the_first_frame_outside_every_mapping() -> None:
     """A frame-pointer walk through code without frame pointers reads data (here the ASCII
     of '/python3n' seen in a real trace) as return addresses; no frame past it is real."""
-    from bpflbr_shell.symbols import Location
-    from bpflbr_shell.usersyms import UNMAPPED, UserSymbolizer
+    from bpflbr_shell.symbols.kernel import Location
+    from bpflbr_shell.symbols.user import UNMAPPED, UserSymbolizer
 
     us = UserSymbolizer()
     pid = os.getpid()
@@ -281,8 +281,8 @@ def test_user_stack_cut_at_the_first_frame_outside_every_mapping() -> None:
 def test_symbol_less_frame_is_module_plus_offset() -> None:
     """An address in a mapped file with no symbol there reads ``file+0xLINKADDR`` (what
     ``addr2line -e file`` takes), not a bare runtime address."""
-    from bpflbr_shell.render_events import frame_text
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.render.events import frame_text
+    from bpflbr_shell.symbols.user import UserSymbolizer
 
     bash = shutil.which("bash")
     if bash is None:
@@ -309,7 +309,7 @@ def test_symbol_less_frame_is_module_plus_offset() -> None:
             pytest.skip("every probed address of bash's text had a symbol")
         assert loc.module == os.path.basename(real)
         # bash's text segment: file offset == link address modulo its segment's delta
-        from bpflbr_shell.usersyms import load_segments
+        from bpflbr_shell.symbols.user import load_segments
 
         seg = next(s for s in load_segments(real) if s.exec)
         # the kernel's mapping says which file offset the address is at; the segment maps
@@ -360,7 +360,7 @@ def test_string_retval_and_json() -> None:
     assert format_call(ev2, None) == 'readline(raw regs: 0x10, 0x0) = "ls -l"'
 
     def nosym(event, addr):
-        from bpflbr_shell.symbols import Location
+        from bpflbr_shell.symbols.kernel import Location
         return Location(addr)
 
     for sort_keys in (True, False):
@@ -385,8 +385,8 @@ def test_format_str() -> None:
 def test_str_spec_and_knobs(libc) -> None:
     pytest.importorskip("bcc")
     from bpflbr_shell.errors import UsageError
-    from bpflbr_shell.probes.uprobe import parse_str_spec, resolve_targets, string_knobs
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.symbols.user import UserSymbolizer
+    from bpflbr_shell.trace.probes.uprobe import parse_str_spec, resolve_targets, string_knobs
 
     assert parse_str_spec("ret,arg0", True) == 1 << RET_STR | 1
     assert parse_str_spec(None, True) == 0
@@ -413,9 +413,9 @@ def test_char_pointer_facts_are_kept_per_file_version(libc, tmp_path: Path) -> N
     trace then opens no DWARF before its probes are in (the DWARF read cost more than the
     rest of a warm start). A copy of the file (another inode) is another fact; a corrupt fact
     is said and looked up again."""
-    from bpflbr_shell.probes import objcache
-    from bpflbr_shell.probes.uprobe import char_pointers
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.symbols.user import UserSymbolizer
+    from bpflbr_shell.trace.probes import objcache
+    from bpflbr_shell.trace.probes.uprobe import char_pointers
 
     cache = objcache.ProbeCache(tmp_path / "c" / "probes")
     assert cache.usable()
@@ -446,7 +446,7 @@ def test_char_pointer_facts_are_kept_per_file_version(libc, tmp_path: Path) -> N
 def test_ifunc_flag_comes_from_the_symbol_table() -> None:
     """Which targets are IFUNCs is read from the ELF symbol table (readelf is the oracle), so
     the common case opens no DWARF before attaching."""
-    from bpflbr_shell.probes.uprobe import resolve_targets
+    from bpflbr_shell.trace.probes.uprobe import resolve_targets
 
     readelf = shutil.which("readelf")
     if readelf is None:
@@ -468,7 +468,7 @@ def test_ifunc_flag_comes_from_the_symbol_table() -> None:
 def test_preferred_names_apply_to_an_image_opened_later() -> None:
     """prefer() before the binary is open (a trace no longer opens its DWARF before
     attaching) still names open64's events open64."""
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.symbols.user import UserSymbolizer
 
     us = UserSymbolizer()
     us.prefer(LIBC, ["open64"])

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from bpflbr_shell.events import Event
 from bpflbr_shell.kernel.btf import (
     KIND_CONST,
     KIND_ENUM,
@@ -31,9 +30,10 @@ from bpflbr_shell.kernel.btf import (
     Btf,
 )
 from bpflbr_shell.kernel.model import RawProgInfo
-from bpflbr_shell.render_events import RenderOptions, event_json, event_to_json, format_call
-from bpflbr_shell.symbols import Location
-from bpflbr_shell.values import VOID, Signature, ValueType, as_signature, signed64
+from bpflbr_shell.kernel.values import VOID, Signature, ValueType, as_signature, signed64
+from bpflbr_shell.render.events import RenderOptions, event_json, event_to_json, format_call
+from bpflbr_shell.symbols.kernel import Location
+from bpflbr_shell.trace.events import Event
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "progs"
 M64 = (1 << 64) - 1
@@ -278,7 +278,7 @@ def test_btf_value_types_by_the_spec() -> None:
 
 def test_drgn_types_as_value_types() -> None:
     drgn = pytest.importorskip("drgn")
-    from bpflbr_shell.usersyms import value_type
+    from bpflbr_shell.symbols.user import value_type
 
     prog = drgn.Program(drgn.host_platform)
     int_t = prog.int_type("int", 4, True)
@@ -394,7 +394,7 @@ GONE = 0x7FFFFFF0  # above pid_max: never a process
 
 
 def symbolizer_with(image: FakeImage) -> object:
-    from bpflbr_shell.usersyms import UserSymbolizer
+    from bpflbr_shell.symbols.user import UserSymbolizer
 
     us = UserSymbolizer()
     us._images[image.path] = image  # noqa: SLF001 - the seam for a file-less image
@@ -402,7 +402,7 @@ def symbolizer_with(image: FakeImage) -> object:
 
 
 def test_vanished_process_placed_from_the_probed_function() -> None:
-    from bpflbr_shell.usersyms import ProbeSite
+    from bpflbr_shell.symbols.user import ProbeSite
 
     image = FakeImage({"add": 0x1199, "sub": 0x11CD, "main": 0x122F})
     us = symbolizer_with(image)
@@ -419,7 +419,7 @@ def test_vanished_process_placed_from_the_probed_function() -> None:
 
 def test_ambiguous_probe_is_not_guessed() -> None:
     """Two attached functions a page apart: func_ip fits either with a page-aligned bias."""
-    from bpflbr_shell.usersyms import ProbeSite
+    from bpflbr_shell.symbols.user import ProbeSite
 
     image = FakeImage({"f": 0x1100, "g": 0x2100})
     us = symbolizer_with(image)
@@ -438,7 +438,7 @@ def test_elf_segments_of_a_real_binary() -> None:
     """load_segments on the interpreter running this test: PT_LOADs, one executable."""
     import sys
 
-    from bpflbr_shell.usersyms import load_segments
+    from bpflbr_shell.symbols.user import load_segments
 
     segs = load_segments(sys.executable)
     assert any(s.exec for s in segs)

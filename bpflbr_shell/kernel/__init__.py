@@ -8,6 +8,6 @@ from typing import Any
 
 def open_kernel(ctx: Any = None) -> Any:
     """The live kernel view for a shell session (imported lazily: nothing runs at import)."""
-    from .view import KernelView
+    from bpflbr_shell.kernel.view import KernelView
 
     return KernelView()

@@ -10,8 +10,8 @@ import re
 import struct
 from dataclasses import dataclass
 
-from ..errors import KernelDataError
-from ..values import VOID, Signature, ValueType
+from bpflbr_shell.errors import KernelDataError
+from bpflbr_shell.kernel.values import VOID, Signature, ValueType
 
 BTF_MAGIC = 0xEB9F
 

@@ -22,8 +22,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass
 from functools import cached_property
 
-from ..errors import UsageError, UserError
-from . import libbpf, perf
+from bpflbr_shell.errors import UsageError, UserError
+from bpflbr_shell.kernel import libbpf, perf
 
 BPF_PROG_TYPE_KPROBE = 2
 BPF_PROG_TYPE_TRACING = 26
@@ -41,7 +41,7 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 
 # the libbpf option structs live with the other bindings; re-exported for callers here
-from .libbpf import BpfLinkCreateOpts, BpfProgLoadOpts  # noqa: E402
+from bpflbr_shell.kernel.libbpf import BpfLinkCreateOpts, BpfProgLoadOpts  # noqa: E402
 
 
 @dataclass

@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import accumulate
 
-from ..errors import KernelDataError, NotFoundError, PrivilegeError
+from bpflbr_shell.errors import KernelDataError, NotFoundError, PrivilegeError
 
 TEXT_TYPES = frozenset("tTwW")
 """Type letters of code symbols; ``[bpf]`` entries are ``t`` too."""
@@ -29,7 +29,7 @@ _TEXT_BYTES = frozenset(b"tTwW")
 LAST_SYMBOL_CAP = 0x4000
 """Largest size guessed for the last symbol of a module or ``[bpf]`` region, whose end kallsyms
 does not tell. vmlinux functions on 6.18 are < 21 KiB (p99.9 ~5 KiB); BPF programs are best
-sized from their prog info, which :mod:`bpflbr_shell.symbols` consults first."""
+sized from their prog info, which :mod:`bpflbr_shell.symbols.kernel` consults first."""
 
 # Section markers that end a vmlinux text region: nothing executable lies between one of these
 # and the next symbol (e.g. ``__entry_text_end`` is followed by ~1 MiB of padding).

@@ -12,7 +12,7 @@ import errno
 import os
 from functools import cache
 
-from ..errors import FeatureError, NotFoundError, PrivilegeError, UserError
+from bpflbr_shell.errors import FeatureError, NotFoundError, PrivilegeError, UserError
 
 LIBBPF_NAMES = ("libbpf.so.1", "/usr/lib/x86_64-linux-gnu/libbpf.so.1")
 

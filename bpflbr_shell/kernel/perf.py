@@ -15,7 +15,7 @@ import os
 from collections.abc import Iterable, Sequence
 from functools import cache
 
-from ..errors import FeatureError, PrivilegeError, UsageError
+from bpflbr_shell.errors import FeatureError, PrivilegeError, UsageError
 
 u16 = ctypes.c_uint16
 u32 = ctypes.c_uint32

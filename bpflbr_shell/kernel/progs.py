@@ -12,10 +12,10 @@ import os
 import time
 from collections.abc import Iterator
 
-from ..errors import KernelDataError, NotFoundError
-from . import libbpf
-from .btf import Btf
-from .model import LineInfo, ProgInfo, RawProgInfo, SubProg, prog_type_name
+from bpflbr_shell.errors import KernelDataError, NotFoundError
+from bpflbr_shell.kernel import libbpf
+from bpflbr_shell.kernel.btf import Btf
+from bpflbr_shell.kernel.model import LineInfo, ProgInfo, RawProgInfo, SubProg, prog_type_name
 
 
 def _array(ctype: type, count: int) -> ctypes.Array:

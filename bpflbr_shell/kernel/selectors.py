@@ -15,8 +15,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Literal
 
-from ..errors import NotFoundError, PrivilegeError, SelectorError
-from .model import ProgInfo
+from bpflbr_shell.errors import NotFoundError, PrivilegeError, SelectorError
+from bpflbr_shell.kernel.model import ProgInfo
 
 SelectorKind = Literal["id", "name", "tag", "pinned", "pid", "all"]
 

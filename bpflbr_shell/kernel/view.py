@@ -8,23 +8,30 @@ on every listing.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
-from ..errors import KernelDataError, NotFoundError
-from . import libbpf, progs, selectors
-from .model import ProgInfo
+from bpflbr_shell.errors import KernelDataError, NotFoundError
+from bpflbr_shell.kernel import libbpf, progs, selectors
+from bpflbr_shell.kernel.model import ProgInfo
 
 if TYPE_CHECKING:
-    from ..symbols import Symbolizer
-    from .btf import Btf
-    from .kallsyms import KallsymsIndex
+    from bpflbr_shell.kernel.btf import Btf
+    from bpflbr_shell.kernel.kallsyms import KallsymsIndex
+
+
+class ProgWatcher(Protocol):
+    """Told of every program the view reads and of those found gone (the symbols layer's
+    Symbolizer is one): the view never imports the layers above it."""
+
+    def add_prog(self, prog: ProgInfo) -> None: ...
+    def remove_prog(self, prog_id: int) -> None: ...
 
 
 class KernelView:
     def __init__(self, kallsyms_path: str = "/proc/kallsyms") -> None:
         self.kallsyms_path = kallsyms_path
         self._kallsyms: KallsymsIndex | None = None
-        self._symbolizer: Symbolizer | None = None
+        self.watchers: list[ProgWatcher] = []
         self._progs: dict[int, ProgInfo] = {}
         self._boot_epoch = progs.boot_to_epoch_offset()
 
@@ -42,8 +49,8 @@ class KernelView:
             return cached
         info = progs.decode_prog_info(raw, self._boot_epoch)
         self._progs[prog_id] = info
-        if self._symbolizer is not None:
-            self._symbolizer.add_prog(info)
+        for w in self.watchers:
+            w.add_prog(info)
         return info
 
     def progs(self) -> list[ProgInfo]:
@@ -57,7 +64,13 @@ class KernelView:
                 continue
         for gone in set(self._progs) - live:
             del self._progs[gone]
+            for w in self.watchers:
+                w.remove_prog(gone)
         return out
+
+    def known_progs(self) -> list[ProgInfo]:
+        """The programs read so far (no bpf(2) call)."""
+        return list(self._progs.values())
 
     def select(self, text: str, *, must_match: bool = True) -> list[ProgInfo]:
         """Programs matching a selector string; none at all is an error unless asked otherwise."""
@@ -98,21 +111,17 @@ class KernelView:
     @property
     def kallsyms(self) -> KallsymsIndex:
         if self._kallsyms is None:
-            from .kallsyms import KallsymsIndex
+            from bpflbr_shell.kernel.kallsyms import KallsymsIndex
 
             self._kallsyms = KallsymsIndex.load(self.kallsyms_path)
         return self._kallsyms
-
-    def reload_kallsyms(self) -> None:
-        self._kallsyms = None
-        self._symbolizer = None
 
     @property
     def vmlinux_btf(self) -> Btf | None:
         """The kernel's own BTF, parsed once (about 0.3 s), for kernel functions' prototypes;
         None when the kernel has none."""
         if "_vmlinux_btf" not in self.__dict__:
-            from .btf import Btf
+            from bpflbr_shell.kernel.btf import Btf
 
             try:
                 with open("/sys/kernel/btf/vmlinux", "rb") as f:
@@ -120,11 +129,3 @@ class KernelView:
             except (OSError, KernelDataError):
                 self.__dict__["_vmlinux_btf"] = None
         return self.__dict__["_vmlinux_btf"]
-
-    @property
-    def symbolizer(self) -> Symbolizer:
-        if self._symbolizer is None:
-            from ..symbols import Symbolizer
-
-            self._symbolizer = Symbolizer(self.kallsyms, self._progs.values())
-        return self._symbolizer

@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 from collections.abc import Iterable
 
-from bpflbr_shell import render
 from bpflbr_shell.errors import NotFoundError
 from bpflbr_shell.kernel.selectors import SELECTOR_HELP, check_glob, parse_selector
+from bpflbr_shell.render import text as render
 from bpflbr_shell.shell.context import Context
 from bpflbr_shell.shell.registry import argument, command
+from bpflbr_shell.symbols.kernel import kernel_symbolizer
 
 
 def complete_prog(ctx: Context, prefix: str) -> Iterable[tuple[str, str]]:
@@ -98,7 +99,7 @@ def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> None:
         except ValueError:
             raise NotFoundError(f"'{text}' is not an address", "write it as 0xffff...") from None
         kernel.progs()  # register every program so BPF addresses resolve with line info
-        loc = kernel.symbolizer.symbolize(addr)
+        loc = kernel_symbolizer(kernel).symbolize(addr)
         if loc.func is None:
             raise NotFoundError(f"no kernel or BPF symbol contains {addr:#x}")
         rows.append({"addr": addr, "symbol": loc.func, "offset": loc.offset,
@@ -137,13 +138,13 @@ def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> None:
 @argument("--intel", action="store_true", help="Intel syntax (default: AT&T)")
 @argument("--json", action="store_true", help="JSON output")
 def cmd_disasm_prog(ctx: Context, args: argparse.Namespace) -> None:
-    from bpflbr_shell.disasm import disasm_to_json, disassemble_prog, render_disasm_text
+    from bpflbr_shell.render.disasm import disasm_to_json, disassemble_prog, render_disasm_text
 
     kernel = ctx.kernel
     prog = kernel.select_one(args.selector)
     kernel.progs()  # every program's ranges, so calls into other progs resolve with lines
     func = int(args.func) if args.func and args.func.isdigit() else args.func
-    funcs = disassemble_prog(prog, kernel.symbolizer,
+    funcs = disassemble_prog(prog, kernel_symbolizer(kernel),
                              syntax="intel" if args.intel else "att", func=func)
     if args.json:
         ctx.print_json({"prog": render.prog_to_json(prog), "functions": disasm_to_json(funcs)})

@@ -1,6 +1,6 @@
 """``trace ...``, ``show events|event|stats``: running probes and looking at what they saw.
 
-The session (probes, store, cleanup) lives in :mod:`bpflbr_shell.session`; this module only
+The session (probes, store, cleanup) lives in :mod:`bpflbr_shell.trace.session`; this module only
 turns command lines into tracers and events into output.
 """
 
@@ -17,29 +17,28 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from bpflbr_shell.errors import UsageError
-from bpflbr_shell.events import Event
 from bpflbr_shell.kernel.selectors import check_glob
-from bpflbr_shell.lbr import USER_SPACE_END
-from bpflbr_shell.render import table
-from bpflbr_shell.render_events import (
+from bpflbr_shell.kernel.values import Signature
+from bpflbr_shell.render.events import (
     EndpointMap,
     RenderOptions,
     event_json,
     event_to_json,
     render_event,
 )
-from bpflbr_shell.session import (
+from bpflbr_shell.render.text import table
+from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
+from bpflbr_shell.shell.context import Context, parse_bool, register_setting
+from bpflbr_shell.shell.registry import argument, command, int_range
+from bpflbr_shell.symbols.kernel import USER_SPACE_END, Location, kernel_symbolizer
+from bpflbr_shell.trace.events import Event
+from bpflbr_shell.trace.session import (
     STOP_DRAIN_S,
     PrintQueue,
     Session,
     Trace,
     install_cleanup,
 )
-from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
-from bpflbr_shell.shell.context import Context, parse_bool, register_setting
-from bpflbr_shell.shell.registry import argument, command, int_range
-from bpflbr_shell.symbols import Location
-from bpflbr_shell.values import Signature
 
 register_setting("lbr-trim", True, "drop the tracer's own LBR entries (off: show all)",
                  parse_bool)
@@ -77,7 +76,7 @@ def _ring_size(text: str) -> int:
     if not m:
         raise ValueError(f"bad ring size '{text}' (e.g. 4M, 512K)")
     size = int(m.group(1)) << {"": 0, "k": 10, "m": 20}[m.group(2).lower()]
-    from bpflbr_shell.probes.base import possible_cpus
+    from bpflbr_shell.trace.probes.base import possible_cpus
 
     most = RING_MAX_PER_CPU * possible_cpus()
     if not 4096 <= size <= most:
@@ -121,7 +120,7 @@ class Runtime:
 def runtime(ctx: Context) -> Runtime:
     rt = ctx.state.get("trace")
     if rt is None:
-        from bpflbr_shell.usersyms import UserSymbolizer
+        from bpflbr_shell.symbols.user import UserSymbolizer
 
         install_cleanup()
         rt = Runtime(Session(ctx.settings["event-store"]), UserSymbolizer())
@@ -148,7 +147,7 @@ def symbolizer_for(ctx: Context, rt: Runtime) -> Any:
             return rt.user_syms.symbolize(event.pid, addr)
         if kernel_sym is None:
             try:
-                kernel_sym = ctx.kernel.symbolizer
+                kernel_sym = kernel_symbolizer(ctx.kernel)
             except Exception:
                 return Location(addr)
         return kernel_sym.symbolize(addr)
@@ -160,7 +159,7 @@ def endpoint_map(ctx: Context, rt: Runtime, symbolize: Any) -> EndpointMap | Non
     """The shell's persistent :class:`EndpointMap`, emptied whenever the kernel symbolizer
     changes or drops its Locations (programs loaded or unloaded)."""
     try:
-        ksym = ctx.kernel.symbolizer
+        ksym = kernel_symbolizer(ctx.kernel)
     except Exception:
         return None  # render_event resolves per event; the symbolize closure says why
     if rt.endpoints is None or rt.endpoints_of is None or rt.endpoints_of[0] is not ksym \
@@ -252,7 +251,7 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
                     ctx.warn(note)
         else:
             if kernel_sym is None:
-                kernel_sym = ctx.kernel.symbolizer
+                kernel_sym = kernel_symbolizer(ctx.kernel)
             # a tracer may have named it already (a kallsyms alias, as the user asked for it)
             event.func = event.func or kernel_sym.symbolize(event.func_ip).func
             if trace.signature_of is not None and event.func_ip not in trace.params:
@@ -277,7 +276,7 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: str, summary: str,
     trace.params = dict(params or {})
     trace.signature_of = signature_of
     if not trace.tracer.lbr_off_reason and args.lbr:
-        from bpflbr_shell.probes.ranges import tracer_ranges
+        from bpflbr_shell.trace.probes.ranges import tracer_ranges
 
         trace.tracer_ranges = tuple(tracer_ranges(trace.tracer.prog_fds(), ctx.kernel.kallsyms))
         trace.keep_ranges = tuple(trace.tracer.keep_ranges())
@@ -411,7 +410,7 @@ def lbr_off_brief(reason: str) -> str:
 def kernel_capture_options(ctx: Context, args: argparse.Namespace) -> Any:
     """Kernel and BPF targets: kernel stacks always (the LBR fallback); user stacks only with
     --stack, since symbolizing them means opening every traced process with drgn."""
-    from bpflbr_shell.probes.base import CaptureOptions
+    from bpflbr_shell.trace.probes.base import CaptureOptions
 
     return CaptureOptions(lbr=args.lbr, branch_types=ctx.settings["lbr-branch-types"],
                           ustack=args.stack, kstack=True, pid=args.pid or -1,
@@ -421,7 +420,7 @@ def kernel_capture_options(ctx: Context, args: argparse.Namespace) -> Any:
 
 # trace uprobe / uretprobe ----------------------------------------------------------------------
 def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
-    from bpflbr_shell.probes.uprobe import (
+    from bpflbr_shell.trace.probes.uprobe import (
         UprobeOptions,
         UprobeTracer,
         parse_str_spec,
@@ -438,7 +437,7 @@ def _trace_user(ctx: Context, args: argparse.Namespace, retprobe: bool) -> None:
     notes: list[str] = []  # which file, which IFUNC implementation, which strings
     targets = resolve_targets(binary, glob, pid=args.pid or 0, notes=notes)
     targets = resolve_ifuncs(targets, rt.user_syms, args.pid or 0, notes)
-    from bpflbr_shell.probes.objcache import default_cache
+    from bpflbr_shell.trace.probes.objcache import default_cache
 
     extra = string_knobs(targets, rt.user_syms, asked, retprobe, notes, default_cache())
     for path in {t.binary for t in targets}:  # open64's events say open64, not __open
@@ -541,7 +540,7 @@ def split_prog_target(text: str) -> tuple[str, str | None]:
 @argument("--both", action="store_true", help="fentry and fexit (durations on exit)")
 @_common_trace_args
 def cmd_trace_prog(ctx: Context, args: argparse.Namespace) -> None:
-    from bpflbr_shell.probes.tracing import TracingTracer, prog_target
+    from bpflbr_shell.trace.probes.tracing import TracingTracer, prog_target
 
     sel, func = split_prog_target(args.target)
     kernel = ctx.kernel
@@ -575,7 +574,7 @@ BACKENDS = ("auto", "multi", "fentry", "kprobe")
 @_common_trace_args
 def cmd_trace_kfunc(ctx: Context, args: argparse.Namespace) -> None:
     from bpflbr_shell.errors import FeatureError, UserError
-    from bpflbr_shell.probes import kprobes
+    from bpflbr_shell.trace.probes import kprobes
 
     kernel = ctx.kernel
     traceable = kprobes.traceable_functions(kernel.kallsyms)
@@ -645,8 +644,8 @@ def plan_backends(choice: str) -> list[str]:
 def kfunc_tracer_factory(backend: str, funcs: list[Any], capture: Any, exit_: bool,
                          label: str, btfs: Any) -> Callable[[Any], Any]:
     from bpflbr_shell.errors import FeatureError, UsageError
-    from bpflbr_shell.probes.kprobes import KprobeTracer, event_namer
-    from bpflbr_shell.probes.tracing import TracingTarget, TracingTracer, kernel_btf_obj_id
+    from bpflbr_shell.trace.probes.kprobes import KprobeTracer, event_namer
+    from bpflbr_shell.trace.probes.tracing import TracingTarget, TracingTracer, kernel_btf_obj_id
 
     if backend == "fentry":
         if btfs.vmlinux is None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bpflbr_shell.errors import FeatureError, UsageError
-from bpflbr_shell.render import safe_line
+from bpflbr_shell.render.text import safe_line
 
 if TYPE_CHECKING:
     from bpflbr_shell.shell.registry import Registry

@@ -16,7 +16,7 @@ import struct
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from ..kernel import libbpf, perf
+from bpflbr_shell.kernel import libbpf, perf
 
 LD_IMM64 = 0x18
 PSEUDO_MAP_FD, PSEUDO_MAP_VALUE = 1, 2  # ld_imm64 src_reg: imm is a map fd
@@ -92,7 +92,7 @@ def imm(insns: bytes, pc: int) -> int:
 
 
 def _possible_cpus() -> int:
-    from .base import possible_cpus
+    from bpflbr_shell.trace.probes.base import possible_cpus
 
     return possible_cpus()
 

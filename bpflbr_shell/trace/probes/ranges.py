@@ -12,7 +12,7 @@ import os
 from collections.abc import Iterable
 from typing import Any
 
-from ..lbr import AddrRange
+from bpflbr_shell.trace.lbr import AddrRange
 
 # Kernel functions on the path from a probe firing to bpf_get_branch_snapshot() returning.
 TRACER_FUNCS = (
@@ -29,7 +29,7 @@ TRACER_FUNCS = (
 
 def prog_ranges(prog_fds: Iterable[int], label: str = "our BPF program") -> list[AddrRange]:
     """JIT ranges of the given programs (every subprogram)."""
-    from ..kernel.progs import read_raw_prog_info_fd
+    from bpflbr_shell.kernel.progs import read_raw_prog_info_fd
 
     out: list[AddrRange] = []
     for fd in prog_fds:

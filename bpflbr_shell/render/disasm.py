@@ -21,12 +21,12 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
-from .errors import FeatureError, KernelDataError, NotFoundError, PrivilegeError
-from .kernel.model import LineInfo, ProgInfo, SubProg
-from .render import safe
+from bpflbr_shell.errors import FeatureError, KernelDataError, NotFoundError, PrivilegeError
+from bpflbr_shell.kernel.model import LineInfo, ProgInfo, SubProg
+from bpflbr_shell.render.text import safe
 
 if TYPE_CHECKING:
-    from .symbols import Location
+    from bpflbr_shell.symbols.kernel import Location
 
 KERNEL_ADDR_MIN = 0xFFFF_8000_0000_0000
 """Lowest canonical kernel-half address on x86-64: immediates below it are plain numbers."""
@@ -35,7 +35,7 @@ SYNTAXES = ("att", "intel")
 
 
 class SymbolizerLike(Protocol):
-    """What disassembly needs from :class:`bpflbr_shell.symbols.Symbolizer`."""
+    """What disassembly needs from :class:`bpflbr_shell.symbols.kernel.Symbolizer`."""
 
     def symbolize(self, addr: int) -> Location | None: ...
 

@@ -15,14 +15,14 @@ from dataclasses import dataclass
 from json.encoder import encode_basestring_ascii as _encode_str
 from typing import Any
 
-from . import lbr as lbrmod
-from .events import RET_STR, CapturedStr, Event
-from .kstack import tracer_frames
-from .lbr import AddrRange, Endpoint
-from .render import CYAN, DIM, GREEN, YELLOW, paint, safe
-from .symbols import Location
-from .usersyms import UNMAPPED
-from .values import Signature, ValueType, as_signature, format_str
+from bpflbr_shell.kernel.values import Signature, ValueType, as_signature, format_str
+from bpflbr_shell.render.text import CYAN, DIM, GREEN, YELLOW, paint, safe
+from bpflbr_shell.symbols.kernel import Location
+from bpflbr_shell.symbols.user import UNMAPPED
+from bpflbr_shell.trace import lbr as lbrmod
+from bpflbr_shell.trace.events import RET_STR, CapturedStr, Event
+from bpflbr_shell.trace.kstack import tracer_frames
+from bpflbr_shell.trace.lbr import AddrRange, Endpoint
 
 
 @dataclass

@@ -18,9 +18,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .errors import NotFoundError
-from .events import Event
-from .values import Signature
+from bpflbr_shell.errors import NotFoundError
+from bpflbr_shell.kernel.values import Signature
+from bpflbr_shell.trace.events import Event
 
 
 class Tracer(Protocol):
@@ -229,7 +229,7 @@ def snapshot_counters(tracer: Any, trace: Trace | None = None) -> dict[str, int]
     out["bytes"] = tracer.bytes
     fds = tracer.prog_fds()
     if fds or trace is None:
-        from .kernel.progs import read_raw_prog_info_fd
+        from bpflbr_shell.kernel.progs import read_raw_prog_info_fd
 
         run_cnt = run_ns = 0
         for fd in fds:

@@ -37,9 +37,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .lbr import USER_SPACE_END
-from .symbols import Location
-from .values import VOID, Signature, ValueType
+from bpflbr_shell.kernel.values import VOID, Signature, ValueType
+from bpflbr_shell.symbols.kernel import USER_SPACE_END, Location
 
 MAX_PROCESSES = 256
 MAX_BINARIES = 64

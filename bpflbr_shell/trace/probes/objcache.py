@@ -24,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import safefile
-from ..kernel import libbpf
-from . import bccprog
-from .progobj import (
+from bpflbr_shell import safefile
+from bpflbr_shell.kernel import libbpf
+from bpflbr_shell.trace.probes import bccprog
+from bpflbr_shell.trace.probes.progobj import (
     RUNTIME_KNOBS,
     MapSpec,
     ProbeObject,

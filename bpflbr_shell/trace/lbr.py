@@ -15,9 +15,8 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import NamedTuple
 
-from .events import Branch
-
-USER_SPACE_END = 0x0000_8000_0000_0000  # x86-64: canonical user addresses lie below
+from bpflbr_shell.symbols.kernel import USER_SPACE_END
+from bpflbr_shell.trace.events import Branch
 
 
 @dataclass(frozen=True, slots=True)

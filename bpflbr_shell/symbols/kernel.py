@@ -19,8 +19,11 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:  # annotations only: a trace's start-up does not pay for these imports
-    from .kernel.kallsyms import KallsymsIndex
-    from .kernel.model import ProgInfo, SubProg
+    from bpflbr_shell.kernel.kallsyms import KallsymsIndex
+    from bpflbr_shell.kernel.model import ProgInfo, SubProg
+    from bpflbr_shell.kernel.view import KernelView
+
+USER_SPACE_END = 0x0000_8000_0000_0000  # x86-64: canonical user addresses lie below
 
 LineResolver = Callable[[int], "tuple[str, int, int] | None"]
 """addr -> (file, line, col) for kernel/module code; col 0 when unknown."""
@@ -230,3 +233,14 @@ class Symbolizer:
             if pos is not None:
                 file, line, col = pos
         return Location(addr, sym.name, addr - sym.addr, sym.module, file, line, col, kind=kind)
+
+
+def kernel_symbolizer(view: KernelView) -> Symbolizer:
+    """The session's kernel symbolizer: made once per kernel view from its kallsyms and the
+    programs it has read, then kept current as the view reads programs or finds them gone."""
+    for w in view.watchers:
+        if isinstance(w, Symbolizer):
+            return w
+    sym = Symbolizer(view.kallsyms, view.known_progs())
+    view.watchers.append(sym)
+    return sym

@@ -13,12 +13,12 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ..errors import UserError
-from ..events import LBR_ENTRIES, Event, decode_record, raw_event_type
-from ..lbr import AddrRange
-from . import objcache
-from .cpuring import CpuRings, ring_bytes, slots_for
-from .progobj import ProbeObject
+from bpflbr_shell.errors import UserError
+from bpflbr_shell.trace.events import LBR_ENTRIES, Event, decode_record, raw_event_type
+from bpflbr_shell.trace.lbr import AddrRange
+from bpflbr_shell.trace.probes import objcache
+from bpflbr_shell.trace.probes.cpuring import CpuRings, ring_bytes, slots_for
+from bpflbr_shell.trace.probes.progobj import ProbeObject
 
 STACK_CACHE = 4096
 STATS = ("hits", "drops", "filtered", "missed_entry")  # bpf/lbr_event.h STAT_*
@@ -93,7 +93,7 @@ class ProbeTracer:
             raise
 
     def _start(self) -> None:
-        from ..kernel import perf
+        from bpflbr_shell.kernel import perf
 
         capture_lbr = self.capture.lbr
         if capture_lbr:
@@ -140,7 +140,7 @@ class ProbeTracer:
         if self._detached:
             return
         self._detached = True
-        from ..kernel import perf
+        from bpflbr_shell.kernel import perf
 
         try:
             self.detach()

@@ -12,11 +12,22 @@ import re
 from pathlib import Path
 from typing import Any
 
-from ..errors import FeatureError, PrivilegeError
-from ..kernel import libbpf
-from .progobj import MapSpec, ProbeObject, imm, map_ref_slots, placeholder_slots, split_knobs
+from bpflbr_shell.errors import FeatureError, PrivilegeError
+from bpflbr_shell.kernel import libbpf
+from bpflbr_shell.trace.probes.progobj import (
+    MapSpec,
+    ProbeObject,
+    imm,
+    map_ref_slots,
+    placeholder_slots,
+    split_knobs,
+)
 
-BPF_DIR = Path(__file__).resolve().parents[2] / "bpf"
+_PACKAGE = Path(__file__).resolve().parents[2]
+# the probes' C: inside the package when installed from a wheel (pyproject maps the repo's
+# bpf/ there), at the top of the checkout otherwise
+BPF_DIR = next((d for d in (_PACKAGE / "bpf", _PACKAGE.parent / "bpf")
+                if (d / "lbr_event.h").is_file()), _PACKAGE.parent / "bpf")
 _KNOB = re.compile(r"[A-Z][A-Z0-9_]*")
 
 

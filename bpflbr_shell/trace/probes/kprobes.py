@@ -18,11 +18,11 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import FeatureError, NotFoundError, PrivilegeError, UsageError
-from ..events import Event
-from ..kernel import libbpf
-from .base import CaptureOptions, ProbeTracer
-from .bccprog import CapturedStderr, ensure_tracefs
+from bpflbr_shell.errors import FeatureError, NotFoundError, PrivilegeError, UsageError
+from bpflbr_shell.kernel import libbpf
+from bpflbr_shell.trace.events import Event
+from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer
+from bpflbr_shell.trace.probes.bccprog import CapturedStderr, ensure_tracefs
 
 TRACEFS = "/sys/kernel/tracing"
 BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"

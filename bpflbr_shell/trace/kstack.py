@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from .symbols import Location
+from bpflbr_shell.symbols.kernel import Location
 
 # Kernel functions between a probe firing and our program taking the stack (fprobe/kprobe.multi,
 # perf kprobes and kretprobes, rethook, ftrace's list dispatch, the BPF run wrappers).

@@ -16,12 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import NotFoundError, UsageError
-from ..events import MAX_ARGS, RET_STR, Event
-from ..lbr import USER_SPACE, AddrRange
-from ..usersyms import ProbeSite
-from . import bccprog, elfsyms
-from .base import CaptureOptions, ProbeTracer
+from bpflbr_shell.errors import NotFoundError, UsageError
+from bpflbr_shell.symbols.user import ProbeSite
+from bpflbr_shell.trace.events import MAX_ARGS, RET_STR, Event
+from bpflbr_shell.trace.lbr import USER_SPACE, AddrRange
+from bpflbr_shell.trace.probes import bccprog, elfsyms
+from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer
 
 MAX_TARGETS = 256
 
@@ -297,7 +297,7 @@ def char_pointers(binary: str, func: str, user_syms: Any, cache: Any = None,
     in ``binary`` from its DWARF; (0, False) when unknown."""
     key = None
     if cache is not None:
-        from .objcache import fact_key
+        from bpflbr_shell.trace.probes.objcache import fact_key
 
         try:
             dbg = elfsyms.debug_file(binary)  # installing libc6-dbg changes the answer
@@ -379,7 +379,7 @@ class UprobeTracer(ProbeTracer):
         """One perf event of the uprobe PMU per target and direction, ref_ctr_offset 0 (BCC's
         Python binding passes a garbage one, and the kernel then refuses every other tracer's
         uprobe on the same function, and theirs ours); no tracefs entries to leave behind."""
-        from ..kernel import perf
+        from bpflbr_shell.kernel import perf
 
         pid = self.capture.pid
         if pid > 0 and not os.path.isdir(f"/proc/{pid}"):
@@ -399,7 +399,7 @@ class UprobeTracer(ProbeTracer):
 
     def detach(self) -> None:
         """Closing a uprobe's perf event takes it off (the kernel unregisters it)."""
-        from ..kernel import perf
+        from bpflbr_shell.kernel import perf
 
         attached, self._attached = self._attached, []
         perf.close_all(reversed(attached))

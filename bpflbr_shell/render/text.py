@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # annotations only
-    from .kernel.model import ProgInfo, SubProg
+    from bpflbr_shell.kernel.model import ProgInfo, SubProg
 
 RESET, BOLD, DIM, CYAN, GREEN, YELLOW, RED = (
     "\x1b[0m", "\x1b[1m", "\x1b[2m", "\x1b[36m", "\x1b[32m", "\x1b[33m", "\x1b[31m")

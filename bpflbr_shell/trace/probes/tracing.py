@@ -16,14 +16,14 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
-from ..errors import FeatureError, UsageError, UserError
-from ..events import Event
-from ..kernel import libbpf
-from ..kernel.btf import Btf
-from ..kernel.model import ProgInfo, SubProg
-from ..lbr import AddrRange
-from ..values import Signature
-from .base import CaptureOptions, ProbeTracer
+from bpflbr_shell.errors import FeatureError, UsageError, UserError
+from bpflbr_shell.kernel import libbpf
+from bpflbr_shell.kernel.btf import Btf
+from bpflbr_shell.kernel.model import ProgInfo, SubProg
+from bpflbr_shell.kernel.values import Signature
+from bpflbr_shell.trace.events import Event
+from bpflbr_shell.trace.lbr import AddrRange
+from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer
 
 MAX_ARGS = 6
 NOT_TRACEABLE_TYPES = {"tracing": "a tracing (fentry/fexit) program",
