@@ -13,7 +13,7 @@ import pytest
 
 from bpflbr_shell.render.events import event_to_json
 from bpflbr_shell.shell import Context, load_builtin_commands
-from bpflbr_shell.shell.cmd_trace import render_options, runtime, symbolizer_for
+from bpflbr_shell.shell.cmd_trace import render_options, runtime
 from bpflbr_shell.shell.runner import run_line
 from bpflbr_shell.trace.events import Branch, Event
 
@@ -92,7 +92,7 @@ def test_show_events_json_memory_is_bounded(filled_ctx: Context) -> None:
     few = N_EVENTS // 10
 
     def whole_document() -> None:  # what the command did before: one list, one dumps
-        symbolize = symbolizer_for(ctx, rt)
+        symbolize = rt.session.symbolize
         opts = render_options(ctx)
         docs = [event_to_json(e, symbolize, opts) for e in rt.session.store.last(few)]
         json.dumps(docs, indent=2, sort_keys=True)
@@ -114,7 +114,7 @@ def test_show_events_json_is_the_per_event_data(filled_ctx: Context) -> None:
         assert run_line(ctx, "show events 50 --json")
     finally:
         ctx.out = io.StringIO()
-    symbolize = symbolizer_for(ctx, rt)
+    symbolize = rt.session.symbolize
     want = [event_to_json(e, symbolize, render_options(ctx)) for e in rt.session.store.last(50)]
     assert json.loads(out.getvalue()) == want
     lines = out.getvalue().splitlines()

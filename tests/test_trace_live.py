@@ -397,7 +397,7 @@ class InProcShell:
         rt = self.ctx.state.get("trace")
         if rt is not None:
             rt.session.stop_all()
-            rt.close_stats()
+            rt.session.release_stats()
         self.ctx.close()
 
 
@@ -1137,13 +1137,14 @@ def test_drops_counted_exactly_with_a_tiny_ring_buffer(require_root: None, requi
     """One page of event rings (16 slots a CPU), nobody reading while the target makes 20000
     calls: the rings overflow for sure, and every hit is either delivered or counted as a
     drop."""
-    from bpflbr_shell.trace.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
+    from bpflbr_shell.trace.probes.base import CaptureOptions
+    from bpflbr_shell.trace.probes.uprobe import UprobeTracer, resolve_targets
 
     calls = 20000
     t = targets(calls)
     got: list[Any] = []
     tracer = UprobeTracer(resolve_targets(str(target_bin), "add"),
-                          UprobeOptions(retprobe=True, pid=t.pid, lbr=False, ringbuf_pages=1),
+                          CaptureOptions(pid=t.pid, lbr=False, kstack=False, ringbuf_pages=1), True,
                           lambda ev, ks, us: got.append(ev), "uretprobe target:add")
     tracer.start()
     try:

@@ -138,12 +138,13 @@ class Ours:
     """Our uprobe tracer on getppid, counting the events it delivers."""
 
     def __init__(self, pid: int) -> None:
-        from bpflbr_shell.trace.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
+        from bpflbr_shell.trace.probes.base import CaptureOptions
+        from bpflbr_shell.trace.probes.uprobe import UprobeTracer, resolve_targets
 
         self.events = 0
         targets = resolve_targets(libc_path(), "getppid")
-        self.tracer = UprobeTracer(targets, UprobeOptions(retprobe=False, pid=pid, lbr=False,
-                                                          ustack=False),
+        self.tracer = UprobeTracer(targets, CaptureOptions(pid=pid, lbr=False, ustack=False,
+                                                           kstack=False), False,
                                    self._on_event, "coexist")
         self.tracer.start()
 
@@ -210,7 +211,8 @@ def test_a_non_pie_executable_is_probed_at_the_file_offset(require_root, require
                                                           tmp_path: Path) -> None:
     """Symbols give addresses; the uprobe PMU takes file offsets. In a -no-pie executable
     they differ (text at 0x401000, file offset 0x1000): each of the N calls is an event."""
-    from bpflbr_shell.trace.probes.uprobe import UprobeOptions, UprobeTracer, resolve_targets
+    from bpflbr_shell.trace.probes.base import CaptureOptions
+    from bpflbr_shell.trace.probes.uprobe import UprobeTracer, resolve_targets
 
     gcc = shutil.which("gcc")
     if gcc is None:
@@ -222,7 +224,7 @@ def test_a_non_pie_executable_is_probed_at_the_file_offset(require_root, require
     (target,) = resolve_targets(str(binary), "add")
     assert target.offset >= 0x400000  # an address, not an offset
     got = []
-    tracer = UprobeTracer([target], UprobeOptions(retprobe=True, lbr=False, ustack=False),
+    tracer = UprobeTracer([target], CaptureOptions(lbr=False, ustack=False, kstack=False), True,
                           lambda ev, k, u: got.append(ev.retval), "nopie")
     tracer.start()
     try:
@@ -244,8 +246,8 @@ def test_a_conflicting_ref_ctr_offset_is_said_not_sent_to_show_features(
     process maps, so its counter is never written anywhere."""
     from bpflbr_shell.errors import FeatureError
     from bpflbr_shell.kernel import perf
+    from bpflbr_shell.trace.probes.base import CaptureOptions
     from bpflbr_shell.trace.probes.uprobe import (
-        UprobeOptions,
         UprobeTracer,
         file_offset,
         resolve_targets,
@@ -264,8 +266,8 @@ def test_a_conflicting_ref_ctr_offset_is_said_not_sent_to_show_features(
     attr.config |= 0x10 << 32  # ref_ctr_offset (the PMU's config:32-63)
     other = perf.perf_event_open(attr, -1, 0)
     try:
-        tracer = UprobeTracer([target], UprobeOptions(retprobe=False, lbr=False, ustack=False),
-                              lambda *a: None, "conflict")
+        tracer = UprobeTracer([target], CaptureOptions(lbr=False, ustack=False, kstack=False),
+                              False, lambda *a: None, "conflict")
         with pytest.raises(FeatureError) as err:
             tracer.start()
         text = str(err.value)

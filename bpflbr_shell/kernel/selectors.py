@@ -51,6 +51,15 @@ def _number(text: str, what: str, example: str) -> int:
     return int(text)
 
 
+def split_prog_target(text: str) -> tuple[str, str | None]:
+    """``SEL[:FUNC]``: a trailing ``:NAME`` that is not after a selector prefix (``id:``,
+    ``pinned:``...) names a subprogram."""
+    head, sep, tail = text.rpartition(":")
+    if sep and head and head not in _PREFIXES and not tail.startswith("/"):
+        return head, tail
+    return text, None
+
+
 @dataclass(frozen=True, slots=True)
 class Selector:
     kind: SelectorKind

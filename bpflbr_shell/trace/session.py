@@ -16,27 +16,19 @@ import weakref
 from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any
 
-from bpflbr_shell.errors import NotFoundError
+from bpflbr_shell.errors import FeatureError, NotFoundError, UserError
 from bpflbr_shell.kernel.values import Signature
+from bpflbr_shell.symbols.kernel import USER_SPACE_END, Location
 from bpflbr_shell.trace.events import Event
+from bpflbr_shell.trace.spec import PlanContext, TracePlan, Tracer, TraceSpec
 
+if TYPE_CHECKING:
+    from bpflbr_shell.kernel.view import KernelView
+    from bpflbr_shell.symbols.user import UserSymbolizer
 
-class Tracer(Protocol):
-    kind: str
-    lbr_off_reason: str | None
-    bytes: int
-
-    def start(self) -> None: ...
-    def poll(self, timeout_ms: int, budget_s: float | None = None) -> int: ...
-    def pending(self) -> int: ...
-    def discard_pending(self) -> int: ...
-    def stop_probes(self) -> None: ...
-    def close(self) -> None: ...
-    def counters(self) -> dict[str, int]: ...
-    def prog_fds(self) -> list[int]: ...
-    def stack(self, stack_id: int) -> list[int]: ...
+__all__ = ["EventStore", "PrintQueue", "Session", "Trace", "Tracer", "install_cleanup"]
 
 
 class EventStore:
@@ -159,8 +151,8 @@ class Trace:
     the rest is pending (published or being written, not read yet). See :meth:`counters`."""
 
     id: int
-    spec: str
-    tracer: Any  # a Tracer
+    spec: str  # as `trace list` shows it
+    tracer: Tracer
     started_ns: int = field(default_factory=time.monotonic_ns)
     stopped_ns: int | None = None
     delivered: int = 0
@@ -183,6 +175,25 @@ class Trace:
     params: dict[int, Signature] = field(default_factory=dict)  # func_ip -> names and types
     # kernel targets: function name -> Signature, looked up once per function seen
     signature_of: Any = None
+    asked: TraceSpec | None = None  # what session.trace() was given
+    summary: str = ""  # what attaching said: "uretprobe on 1 function(s) of ...: getpid"
+    session: Session | None = field(default=None, repr=False)
+
+    def events(self) -> list[Event]:
+        """This trace's events still in the session's store, oldest first."""
+        if self.session is None:
+            return []
+        return [e for e in self.session.store.last() if e.trace_id == self.id]
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Wait until the trace has finished (limit, stop, its process gone); whether it has."""
+        return self.finished.wait(timeout)
+
+    def stop(self) -> bool:
+        """Detach, drain and close (see :meth:`Session.stop`); whether it has finished."""
+        if self.session is None:
+            raise NotFoundError(f"trace {self.id} belongs to no session")
+        return self.session.stop(self)
 
     def counters(self) -> dict[str, int]:
         """The books, live while running: ``hits == delivered + drops + filtered + pending``
@@ -244,16 +255,183 @@ def snapshot_counters(tracer: Any, trace: Trace | None = None) -> dict[str, int]
     return out
 
 
-class Session:
-    """Traces of one shell; hooks see every event after it is stored."""
+def _stderr_notice(message: str) -> None:
+    sys.stderr.write(f"warning: {message}\n")
 
-    def __init__(self, store_capacity: int = 10000) -> None:
+
+class Session:
+    """Traces of one shell (or one script, or one py user): the trace pipeline from a
+    :class:`TraceSpec` to stored, counted events. Hooks see every event after it is stored;
+    ``notify`` hears what the user should know (a backend refused, a hook failed).
+
+    ``kernel`` opens the kernel view on first use (the user-space kinds never need it)."""
+
+    def __init__(self, store_capacity: int = 10000,
+                 kernel: Callable[[], KernelView] | None = None,
+                 notify: Callable[[str], None] | None = None) -> None:
         self.traces: dict[int, Trace] = {}
         self.store = EventStore(store_capacity)
         self.hooks: list[Callable[[Event], None]] = []
+        self.notify = notify or _stderr_notice
+        self._kernel_factory = kernel
+        self._kernel: KernelView | None = None
+        self._user_syms: UserSymbolizer | None = None
+        # user functions' prototypes (DWARF), per (pid, function): looked up once
+        self.params: dict[tuple[int, str], Signature | None] = {}
+        self._stats_fd: int | None = None
         self._next_trace = 1
         self._lock = threading.RLock()
         _SESSIONS.add(self)
+
+    # the views the pipeline enriches events with ----------------------------------------------
+    @property
+    def kernel(self) -> KernelView:
+        if self._kernel is None:
+            if self._kernel_factory is not None:
+                self._kernel = self._kernel_factory()
+            else:
+                from bpflbr_shell.kernel.view import KernelView
+
+                self._kernel = KernelView()
+        return self._kernel
+
+    @property
+    def user_syms(self) -> UserSymbolizer:
+        if self._user_syms is None:
+            from bpflbr_shell.symbols.user import UserSymbolizer
+
+            self._user_syms = UserSymbolizer()
+        return self._user_syms
+
+    def symbolize(self, event: Event, addr: int) -> Location:
+        """An address of ``event`` (user ones in its process), as every renderer shows it."""
+        if addr < USER_SPACE_END:
+            return self.user_syms.symbolize(event.pid, addr)
+        try:
+            from bpflbr_shell.symbols.kernel import kernel_symbolizer
+
+            return kernel_symbolizer(self.kernel).symbolize(addr)
+        except UserError:  # no kallsyms here (no root): bare addresses
+            return Location(addr)
+
+    def params_of(self, event: Event) -> Signature | None:
+        """Parameter names and value types of the event's function: BTF (kernel and BPF
+        targets) or DWARF (user); renderers present args and retval through them."""
+        trace = self.traces.get(event.trace_id)
+        if trace is not None and event.func_ip in trace.params:
+            return trace.params[event.func_ip]
+        return self.params.get((event.pid, event.func or ""))
+
+    # the API: spec -> plans -> a running trace ------------------------------------------------
+    def plan(self, spec: TraceSpec) -> tuple[list[TracePlan], list[str]]:
+        """How ``spec`` would run (its kind's plans, in the order they are tried) and what
+        planning found worth saying; nothing is attached."""
+        from bpflbr_shell.trace.kinds import kind
+
+        ctx = PlanContext(lambda: self.kernel, self.user_syms)
+        plans = kind(spec.kind).planner()(spec, ctx)
+        return plans, ctx.notes
+
+    def trace(self, spec: TraceSpec, *, printq: bool = False,
+              on_attached: Callable[[Trace], None] | None = None,
+              on_end: Callable[[Trace], None] | None = None) -> Trace:
+        """Plan ``spec``, attach the first plan that works (each refusal said through
+        ``notify``), and start its reader. ``printq``: also queue events for a printer
+        (``trace.printq``); ``on_attached`` runs once the probes are in, before anything
+        else; ``on_end`` once the trace has finished (see :meth:`run_reader`)."""
+        plans, notes = self.plan(spec)
+        for note in notes:
+            self.notify(note)
+        reasons: list[str] = []
+        for i, plan in enumerate(plans):
+            try:
+                trace = self.start(spec, plan, printq)
+                break
+            except UserError as exc:  # this kernel lacks or refuses the backend: the next
+                reasons.append(f"{plan.backend}: {exc.problem}")
+                if i == len(plans) - 1:
+                    if len(reasons) > 1:
+                        raise FeatureError(f"no backend can trace {spec.kind} targets here: "
+                                           + "; ".join(reasons), "see 'show features'") from None
+                    raise
+                self.notify(f"{plan.backend} unavailable ({exc.problem}); "
+                            "trying the next backend")
+        if on_attached is not None:
+            on_attached(trace)
+        if plan.attached is not None:
+            plan.attached()
+        self.run_reader(trace, on_end)
+        return trace
+
+    def start(self, spec: TraceSpec, plan: TracePlan, printq: bool = False) -> Trace:
+        """Attach one plan (a failed start leaves nothing attached) and set its trace up:
+        limit, prototypes, the LBR ranges to trim. Its reader is not started yet."""
+        self._enable_stats()
+        trace = self.add(plan.spec_text, plan.make, self._deliver, self._after)
+        trace.asked = spec
+        trace.summary = plan.summary
+        trace.params = dict(plan.params)
+        trace.signature_of = plan.signature_of
+        if not trace.tracer.lbr_off_reason and spec.lbr:
+            from bpflbr_shell.trace.probes.ranges import tracer_ranges
+
+            trace.tracer_ranges = tuple(tracer_ranges(trace.tracer.prog_fds(),
+                                                      self.kernel.kallsyms))
+            trace.keep_ranges = tuple(trace.tracer.keep_ranges())
+        trace.limit = spec.limit
+        trace.printq = PrintQueue() if printq else None
+        return trace
+
+    def _deliver(self, trace: Trace, event: Event, kstack: int, ustack: int) -> None:
+        """Complete an event in the reader thread: stacks, its function's name (as asked for)
+        and prototype; the session then stores and counts it."""
+        tracer = trace.tracer
+        event.kstack = tracer.stack(kstack)
+        event.ustack = tracer.stack(ustack)
+        if event.func_ip < USER_SPACE_END:
+            user_syms = self.user_syms
+            # now, while the traced process may still run; a uprobe's site places its binary
+            # even when the process is already gone
+            user_syms.prepare(event.pid, event.func_ip, getattr(tracer, "site", None))
+            event.func = user_syms.symbolize(event.pid, event.func_ip).func
+            key = (event.pid, event.func or "")
+            if key not in self.params and event.func:
+                self.params[key] = user_syms.signature(event.pid, event.func, event.func_ip)
+                for note in user_syms.take_notices():  # e.g. DWARF drgn cannot read
+                    self.notify(note)
+        else:
+            if not event.func:  # a tracer may have named it (a kallsyms alias, as asked)
+                event.func = self.symbolize(event, event.func_ip).func
+            if trace.signature_of is not None and event.func_ip not in trace.params:
+                trace.params[event.func_ip] = trace.signature_of(event.func)
+
+    def _after(self, trace: Trace, event: Event) -> None:
+        for hook in list(self.hooks):
+            try:
+                hook(event)
+            except Exception as exc:  # a user's hook must not stop the trace
+                self.notify(f"event hook {getattr(hook, '__name__', hook)} failed: {exc}")
+        if trace.printq is not None:
+            trace.printq.put(event)  # never waits: a full queue counts a line not printed
+
+    def _enable_stats(self) -> None:
+        """Run-time stats of our programs (bpf_stats) while traces run: a nicety, so a
+        kernel that refuses leaves tracing as it is."""
+        with _STATS_LOCK:
+            if self._stats_fd is None:
+                try:
+                    from bpflbr_shell.kernel import libbpf
+
+                    self._stats_fd = libbpf.enable_stats()
+                except Exception:
+                    self._stats_fd = None
+
+    def release_stats(self) -> None:
+        """Turn run-time stats off again once no trace runs (any thread may call it)."""
+        with _STATS_LOCK:
+            if self._stats_fd is not None and not any(t.running for t in self.traces.values()):
+                fd, self._stats_fd = self._stats_fd, None
+                os.close(fd)
 
     def add(self, spec: str, make_tracer: Callable[[Callable[..., None]], Any],
             deliver: Callable[[Trace, Event, int, int], None],
@@ -283,7 +461,7 @@ class Session:
                 trace.stop_flag.set()
 
         tracer = make_tracer(on_event)
-        trace = Trace(trace_id, spec, tracer)
+        trace = Trace(trace_id, spec, tracer, session=self)
         holder["trace"] = trace
         tracer.start()  # closes itself on failure
         with self._lock:
@@ -367,6 +545,7 @@ class Session:
                     if trace.printq is not None:
                         trace.printq.close()
                     trace.finished.set()
+            self.release_stats()  # the last trace to end turns run-time stats off
 
     def delete(self, trace: Trace) -> None:
         self.stop(trace)
@@ -453,6 +632,7 @@ def target_gone(tracer: Any) -> str | None:
 
 
 _SESSIONS: weakref.WeakSet[Session] = weakref.WeakSet()
+_STATS_LOCK = threading.Lock()
 _installed = False
 
 

@@ -19,6 +19,7 @@ from bpflbr_shell.trace.lbr import AddrRange
 from bpflbr_shell.trace.probes import objcache
 from bpflbr_shell.trace.probes.cpuring import CpuRings, ring_bytes, slots_for
 from bpflbr_shell.trace.probes.progobj import ProbeObject
+from bpflbr_shell.trace.spec import TraceSpec
 
 STACK_CACHE = 4096
 STATS = ("hits", "drops", "filtered", "missed_entry")  # bpf/lbr_event.h STAT_*
@@ -38,6 +39,18 @@ class CaptureOptions:
     pid: int = -1
     ringbuf_pages: int = 1024  # 4 MiB of event rings, shared among the CPUs
     extra: dict[str, int] = field(default_factory=dict)
+
+
+def capture_options(spec: TraceSpec, ustack: bool | None = None,
+                    kstack: bool | None = None) -> CaptureOptions:
+    """What a spec asks to capture. Kernel and BPF targets take kernel stacks always (the LBR
+    fallback) and user stacks only with ``stack`` (symbolizing them means opening every
+    traced process); a kind may say otherwise (``ustack``/``kstack``)."""
+    return CaptureOptions(lbr=spec.lbr, branch_types=spec.branch_types,
+                          ustack=spec.stack if ustack is None else ustack,
+                          kstack=True if kstack is None else kstack, pid=spec.pid or -1,
+                          stacks_with_lbr=spec.stack or spec.kstack,
+                          ringbuf_pages=spec.ring_pages)
 
 
 def possible_cpus() -> int:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import fnmatch
+import functools
 import os
 import re
 from collections.abc import Callable, Iterable
@@ -21,8 +22,9 @@ from typing import Any
 from bpflbr_shell.errors import FeatureError, NotFoundError, PrivilegeError, UsageError
 from bpflbr_shell.kernel import libbpf
 from bpflbr_shell.trace.events import Event
-from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer
+from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer, capture_options
 from bpflbr_shell.trace.probes.bccprog import CapturedStderr, ensure_tracefs
+from bpflbr_shell.trace.spec import OnEvent, PlanContext, TracePlan, TraceSpec
 
 TRACEFS = "/sys/kernel/tracing"
 BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
@@ -294,3 +296,105 @@ class KprobeTracer(ProbeTracer):
         if self.backend == "multi":
             return list(self._fds)
         return super().prog_fds()
+
+
+# the kfunc planner ------------------------------------------------------------------------------
+def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
+    """``kfunc GLOB...``: the traceable functions the globs match (kallsyms aliases resolved
+    to the name ftrace lists, skips counted in ``ctx.notes``), and one plan per backend to
+    try, in order: kprobe.multi, fentry, single kprobes (or the one asked for)."""
+    from bpflbr_shell.kernel.btf import KernelBtfs
+    from bpflbr_shell.kernel.selectors import check_glob
+
+    kernel = ctx.kernel()
+    traceable = traceable_functions(kernel.kallsyms)
+    found = resolve_functions([check_glob(g, "function glob") for g in spec.targets],
+                              traceable, kernel.kallsyms)
+    funcs = found.funcs
+    ctx.notes.extend(found.notices())
+    exit_ = bool(spec.option("exit"))
+    capture = capture_options(spec)
+    globs = " ".join(spec.targets)
+    label = f"kfunc {globs}"
+    base = f"trace kfunc {globs}" + (" --exit" if exit_ else "")
+    btfs = functools.cache(lambda: KernelBtfs(kernel.vmlinux_btf))  # parsed when needed
+    signature_of = kernel_signatures(btfs, funcs)
+    listed = [f"{k}" + (f" (asked as {k.asked})" if k.asked else "") for k in funcs]
+    shown = ", ".join(map(str, funcs[:5])) + (" ..." if len(funcs) > 5 else "")
+
+    def make_for(backend: str) -> Callable[[OnEvent], Any]:
+        # built when tried: a backend's refusal (no BTF for fentry) sends the session on
+        return lambda on_event: tracer_factory(backend, funcs, capture, exit_, label,
+                                               btfs)(on_event)
+
+    return [TracePlan(make=make_for(b), spec_text=f"{base} --backend {b}",
+                      summary=f"{b} on {len(funcs)} kernel function(s): {shown}", backend=b,
+                      targets=listed, source=traceable.source, signature_of=signature_of)
+            for b in plan_backends(spec.option("backend", "auto"))]
+
+
+def plan_backends(choice: str) -> list[str]:
+    return ["multi", "fentry", "kprobe"] if choice == "auto" else [choice]
+
+
+def kernel_signatures(btfs: Callable[[], Any], funcs: list[KFunc],
+                      ) -> Callable[[str | None], Any]:
+    """Prototypes of the traced kernel functions from BTF (a module's own BTF for module
+    functions), for typed args and retval. Events name a function as it was asked for; an
+    alias's prototype is that of the name ftrace lists at its address."""
+    by_name = {k.asked or k.name: k for k in funcs}
+
+    def signature_of(name: str | None) -> Any:
+        if not name:
+            return None
+        k = by_name.get(name)
+        if k is None:
+            return btfs().signature(name, None)
+        return btfs().signature(k.name, k.module) or btfs().signature(name, k.module)
+
+    return signature_of
+
+
+def tracer_factory(backend: str, funcs: list[KFunc], capture: CaptureOptions, exit_: bool,
+                   label: str, btfs_of: Callable[[], Any]) -> Callable[[OnEvent], Any]:
+    """The tracer maker for one backend; fentry needs a BTF prototype per function (a
+    module's from its own BTF object) and refuses when none has one."""
+    from bpflbr_shell.trace.probes.tracing import (
+        TracingTarget,
+        TracingTracer,
+        kernel_btf_obj_id,
+    )
+
+    if backend == "fentry":
+        btfs = btfs_of()
+        if btfs.vmlinux is None:
+            raise FeatureError("the kernel has no BTF (/sys/kernel/btf/vmlinux)",
+                               "fentry needs CONFIG_DEBUG_INFO_BTF=y; use kprobes")
+        targets, no_btf = [], []
+        obj_ids: dict[str, int] = {}
+        for k in funcs:
+            # by the listed name, else by the name asked for (BTF may know one of the two)
+            found = btfs.func(k.name, k.module) or (k.asked and btfs.func(k.asked, k.module))
+            sig = found[0].func_signature(found[1]) if found else None
+            if not found or sig is None:
+                no_btf.append(k)
+                continue
+            obj_id = 0
+            if k.module:  # a module function is named in its module's BTF object
+                if k.module not in obj_ids:
+                    obj_ids[k.module] = kernel_btf_obj_id(k.module)
+                obj_id = obj_ids[k.module]
+                if not obj_id:
+                    no_btf.append(k)
+                    continue
+            targets.append(TracingTarget(found[0].func_name(found[1]) or k.name, found[1],
+                                         tuple(n for n, _ in sig.params), btf_obj_id=obj_id,
+                                         signature=sig))
+        if not targets:
+            where = f"/sys/kernel/btf/{no_btf[0].module}" if no_btf and no_btf[0].module \
+                else "vmlinux BTF"
+            raise UsageError(f"none of the functions has a BTF prototype ({no_btf[0]}: not in "
+                             f"{where})", "use --backend multi or kprobe")
+        return lambda on_event: TracingTracer(targets, capture, not exit_, exit_,
+                                              event_namer(funcs, False, on_event), label)
+    return lambda on_event: KprobeTracer(funcs, backend, capture, exit_, on_event, label)

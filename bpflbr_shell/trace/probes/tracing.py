@@ -21,11 +21,11 @@ from bpflbr_shell.kernel import libbpf
 from bpflbr_shell.kernel.btf import Btf
 from bpflbr_shell.kernel.model import ProgInfo, SubProg
 from bpflbr_shell.kernel.values import Signature
-from bpflbr_shell.trace.events import Event
+from bpflbr_shell.trace.events import MAX_ARGS, Event
 from bpflbr_shell.trace.lbr import AddrRange
-from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer
+from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer, capture_options
+from bpflbr_shell.trace.spec import PlanContext, TracePlan, TraceSpec
 
-MAX_ARGS = 6
 NOT_TRACEABLE_TYPES = {"tracing": "a tracing (fentry/fexit) program",
                        "ext": "an extension (freplace) program"}
 
@@ -196,3 +196,30 @@ class TracingTracer(ProbeTracer):
     def keep_ranges(self) -> list[AddrRange]:
         """bpfsnoop's rule: for a BPF target, the branches inside its JIT image."""
         return [AddrRange(t.addr, t.addr + t.size, t.name) for t in self.targets if t.prog_id]
+
+
+def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
+    """``prog SEL[:FUNC]``: fentry/fexit (``entry``/``exit``/``both`` options) on the main
+    function or the named subprogram of every program the selector picks."""
+    from bpflbr_shell.kernel.selectors import split_prog_target
+
+    if len(spec.targets) != 1:
+        raise UsageError("prog takes one SEL[:FUNC] target")
+    target = spec.targets[0]
+    sel, func = split_prog_target(target)
+    kernel = ctx.kernel()
+    progs = kernel.select(sel)
+    kernel.progs()  # every program in the symbolizer, so LBR addresses get their lines
+    targets = [prog_target(p, func) for p in progs]
+    entry = bool(spec.option("entry") or spec.option("both"))
+    exit_ = bool(spec.option("exit") or spec.option("both") or not spec.option("entry"))
+    what = "fentry+fexit" if entry and exit_ else "fentry" if entry else "fexit"
+    names = ", ".join(f"{t.name} (prog {t.prog_id})" for t in targets[:5])
+    capture = capture_options(spec)
+    label = f"{what} {target}"
+    return [TracePlan(
+        make=lambda on_event: TracingTracer(targets, capture, entry, exit_, on_event, label),
+        spec_text=f"trace prog {target} --{what.replace('+', ' --')}",
+        summary=f"{what} on {len(targets)} BPF function(s): {names}",
+        targets=[f"{t.name} (prog {t.prog_id})" for t in targets],
+        params={t.addr: t.signature or Signature.from_names(t.params) for t in targets})]

@@ -21,7 +21,8 @@ from bpflbr_shell.symbols.user import ProbeSite
 from bpflbr_shell.trace.events import MAX_ARGS, RET_STR, Event
 from bpflbr_shell.trace.lbr import USER_SPACE, AddrRange
 from bpflbr_shell.trace.probes import bccprog, elfsyms
-from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer
+from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer, capture_options
+from bpflbr_shell.trace.spec import PlanContext, TracePlan, TraceSpec
 
 MAX_TARGETS = 256
 
@@ -33,19 +34,6 @@ class UserTarget:
     offset: int  # file offset BCC reports (what attach_uprobe takes as addr)
     # a GNU indirect function (STT_GNU_IFUNC): a uprobe here sits on its resolver
     ifunc: bool = field(default=False, compare=False)
-
-
-@dataclass(slots=True)
-class UprobeOptions:
-    retprobe: bool = True
-    pid: int = -1
-    lbr: bool = True
-    ustack: bool = True
-    kstack: bool = False  # a uprobe's kernel stack is only the trap path: off unless asked
-    stacks_with_lbr: bool = False  # see CaptureOptions
-    branch_types: str = "any"
-    ringbuf_pages: int = 1024  # 4 MiB: ~100 ms of a busy target at the 100 ms drain period
-    extra: dict[str, int] = field(default_factory=dict)
 
 
 def split_target(text: str) -> tuple[str, str]:
@@ -357,14 +345,11 @@ class UprobeTracer(ProbeTracer):
     source = "uprobe.c"
     lbr_kernel, lbr_user = False, True  # the traced code runs in user space
 
-    def __init__(self, targets: list[UserTarget], opts: UprobeOptions,
+    def __init__(self, targets: list[UserTarget], capture: CaptureOptions, retprobe: bool,
                  on_event: Callable[[Event, int, int], None], label: str) -> None:
-        super().__init__(CaptureOptions(
-            lbr=opts.lbr, branch_types=opts.branch_types, ustack=opts.ustack,
-            kstack=opts.kstack, pid=opts.pid, ringbuf_pages=opts.ringbuf_pages,
-            stacks_with_lbr=opts.stacks_with_lbr, extra=opts.extra), on_event, label)
+        super().__init__(capture, on_event, label)
         self.targets = targets
-        self.opts = opts
+        self.retprobe = retprobe
         self._attached: list[int] = []  # uprobe perf event fds
         binaries = {t.binary for t in targets}
         # where the probes sit: places the binary in a process that exits before its events
@@ -373,7 +358,7 @@ class UprobeTracer(ProbeTracer):
             if len(binaries) == 1 else None
 
     def knobs(self) -> dict[str, int]:
-        return {"EMIT_ENTRY": int(not self.opts.retprobe), "PAIR_EXIT": int(self.opts.retprobe)}
+        return {"EMIT_ENTRY": int(not self.retprobe), "PAIR_EXIT": int(self.retprobe)}
 
     def attach(self) -> None:
         """One perf event of the uprobe PMU per target and direction, ref_ctr_offset 0 (BCC's
@@ -386,14 +371,14 @@ class UprobeTracer(ProbeTracer):
             raise NotFoundError(f"no process {pid}", "--pid takes the id of a running process")
         assert self.bpf is not None
         entry = self.bpf.load_func("on_entry")
-        ret = self.bpf.load_func("on_return") if self.opts.retprobe else -1
+        ret = self.bpf.load_func("on_return") if self.retprobe else -1
         for t in self.targets:
             path = os.fsencode(t.binary)
             what = f"cannot attach to {t.binary}:{t.name}"
             offset = file_offset(t.binary, t.offset)
             self._attached.append(perf.attach_probe("uprobe", path, offset, False, pid,
                                                     entry, what))
-            if self.opts.retprobe:
+            if self.retprobe:
                 self._attached.append(perf.attach_probe("uprobe", path, offset, True, pid,
                                                         ret, what))
 
@@ -406,3 +391,42 @@ class UprobeTracer(ProbeTracer):
 
     def keep_ranges(self) -> list[AddrRange]:
         return [USER_SPACE]
+
+
+def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
+    """``uprobe``/``uretprobe BINARY:GLOB``: the functions (through /proc/PID/maps with a
+    pid), IFUNCs swapped for their implementation, the C strings the DWARF types, and the
+    names to show; the binary's DWARF itself is opened only after attaching (a warm start
+    reads what it needs from the probe cache)."""
+    from bpflbr_shell.kernel.selectors import check_glob
+    from bpflbr_shell.trace.probes.objcache import default_cache
+
+    retprobe = spec.kind == "uretprobe"
+    if len(spec.targets) != 1:
+        raise UsageError(f"{spec.kind} takes one BINARY:SYMBOL target")
+    binary, glob = split_target(spec.targets[0])
+    check_glob(glob, "function glob")
+    asked = parse_str_spec(spec.option("str"), retprobe)
+    notes, user_syms = ctx.notes, ctx.user_syms
+    targets = resolve_targets(binary, glob, pid=spec.pid, notes=notes)
+    targets = resolve_ifuncs(targets, user_syms, spec.pid, notes)
+    cache = default_cache() if ctx.probe_cache is True else ctx.probe_cache
+    extra = string_knobs(targets, user_syms, asked, retprobe, notes, cache)
+    for path in {t.binary for t in targets}:  # open64's events say open64, not __open
+        user_syms.prefer(path, [t.name for t in targets if t.binary == path])
+    notes.extend(user_syms.take_notices())
+    capture = capture_options(spec, ustack=True, kstack=spec.kstack)
+    capture.extra = extra
+    label = f"{spec.kind} {os.path.basename(targets[0].binary)}:{glob}"
+    names = ", ".join(t.name for t in targets[:5]) + (" ..." if len(targets) > 5 else "")
+    pid = spec.pid
+
+    def attached() -> None:  # its mappings now: it may be gone before its first event is read
+        if pid:
+            user_syms.prepare(pid)
+
+    return [TracePlan(
+        make=lambda on_event: UprobeTracer(targets, capture, retprobe, on_event, label),
+        spec_text=f"{spec.kind} {spec.targets[0]}" + (f" --pid {pid}" if pid else ""),
+        summary=f"{spec.kind} on {len(targets)} function(s) of {targets[0].binary}: {names}",
+        targets=[f"{t.binary}:{t.name}" for t in targets], attached=attached)]
