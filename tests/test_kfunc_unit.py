@@ -168,17 +168,11 @@ def stack_event(rec: dict) -> Event:
     return e
 
 
-STALE_FIXTURE = pytest.mark.skip(
-    reason="fixture stacks.json predates per-event bpf_kallsyms lines; "
-    "re-record in the 6.12 guest with scripts/record_kfunc_fixtures.py")
-
-
 def with_bpf(rec: dict) -> str:
     """The fixture's kallsyms and the [bpf] lines of the moment ``rec`` was recorded."""
     return read("kallsyms.txt") + "\n".join(rec["bpf_kallsyms"]) + "\n"
 
 
-@STALE_FIXTURE
 def test_recorded_stacks_are_what_the_rule_is_about(stacks) -> None:
     """fentry/fexit stacks start in our program and the trampoline ([bpf] lines recorded
     while attached), then the traced function; kprobe ones start at or below it."""
@@ -190,7 +184,6 @@ def test_recorded_stacks_are_what_the_rule_is_about(stacks) -> None:
             assert "bpflbr_f" in names[0] and names[1].startswith("bpf_trampoline_"), names
 
 
-@STALE_FIXTURE
 def test_tracer_frames_hidden_and_counted(stacks) -> None:
     from bpflbr_shell.render.events import RenderOptions, kernel_frames, render_event
 
