@@ -779,12 +779,12 @@ def bench_first(opts: argparse.Namespace) -> dict[str, Any]:
         target.wait()
     out: dict[str, Any] = {"rounds": opts.first_rounds, "bpftrace": bool(bpftrace)}
     for i, what in enumerate(("attached", "first_event")):
-        med = {k: med([t[i] for t in v]) for k, v in runs.items()}
-        out[what] = {"median_s": med,
+        meds = {k: med([t[i] for t in v]) for k, v in runs.items()}
+        out[what] = {"median_s": meds,
                      "min_s": {k: min(t[i] for t in v) for k, v in runs.items()},
                      "max_s": {k: max(t[i] for t in v) for k, v in runs.items()}}
         if bpftrace:
-            out[what]["ratio_to_bpftrace"] = {k: med[k] / med["bpftrace"]
+            out[what]["ratio_to_bpftrace"] = {k: meds[k] / meds["bpftrace"]
                                               for k in ("cold", "warm")}
     return out
 
