@@ -8,6 +8,7 @@ on every listing.
 from __future__ import annotations
 
 import os
+import threading
 from typing import TYPE_CHECKING, Protocol
 
 from bpflbr_shell.errors import KernelDataError, NotFoundError
@@ -31,6 +32,7 @@ class KernelView:
     def __init__(self, kallsyms_path: str = "/proc/kallsyms") -> None:
         self.kallsyms_path = kallsyms_path
         self._kallsyms: KallsymsIndex | None = None
+        self._kallsyms_lock = threading.Lock()
         self.watchers: list[ProgWatcher] = []
         self._progs: dict[int, ProgInfo] = {}
         self._boot_epoch = progs.boot_to_epoch_offset()
@@ -110,10 +112,13 @@ class KernelView:
     # symbols ---------------------------------------------------------------------------------
     @property
     def kallsyms(self) -> KallsymsIndex:
+        """Parsed once (a second thread asking meanwhile waits for the same parse)."""
         if self._kallsyms is None:
-            from bpflbr_shell.kernel.kallsyms import KallsymsIndex
+            with self._kallsyms_lock:
+                if self._kallsyms is None:
+                    from bpflbr_shell.kernel.kallsyms import KallsymsIndex
 
-            self._kallsyms = KallsymsIndex.load(self.kallsyms_path)
+                    self._kallsyms = KallsymsIndex.load(self.kallsyms_path)
         return self._kallsyms
 
     @property

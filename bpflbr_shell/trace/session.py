@@ -318,8 +318,12 @@ class Session:
         """Parameter names and value types of the event's function: BTF (kernel and BPF
         targets) or DWARF (user); renderers present args and retval through them."""
         trace = self.traces.get(event.trace_id)
-        if trace is not None and event.func_ip in trace.params:
-            return trace.params[event.func_ip]
+        if trace is not None:
+            if event.func_ip in trace.params:
+                return trace.params[event.func_ip]
+            if trace.signature_of is not None:  # a kernel function: BTF, parsed when needed
+                sig = trace.params[event.func_ip] = trace.signature_of(event.func)
+                return sig
         return self.params.get((event.pid, event.func or ""))
 
     # the API: spec -> plans -> a running trace ------------------------------------------------
@@ -399,11 +403,8 @@ class Session:
                 self.params[key] = user_syms.signature(event.pid, event.func, event.func_ip)
                 for note in user_syms.take_notices():  # e.g. DWARF drgn cannot read
                     self.notify(note)
-        else:
-            if not event.func:  # a tracer may have named it (a kallsyms alias, as asked)
-                event.func = self.symbolize(event, event.func_ip).func
-            if trace.signature_of is not None and event.func_ip not in trace.params:
-                trace.params[event.func_ip] = trace.signature_of(event.func)
+        elif not event.func:  # a tracer may have named it (a kallsyms alias, as asked)
+            event.func = self.symbolize(event, event.func_ip).func
 
     def _after(self, trace: Trace, event: Event) -> None:
         for hook in list(self.hooks):

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import ctypes
 import fnmatch
-import functools
 import os
 import re
+import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -195,6 +195,38 @@ def resolve_functions(globs: Iterable[str], traceable: Traceable,
                       sorted(aliases, key=lambda k: k.asked or ""), skipped)
 
 
+_GLOB_CHARS = frozenset("*?[")
+
+
+def resolve_exact(names: list[str]) -> Resolution | None:
+    """Exact function names (no glob), found straight in the text of the ftrace list: what
+    :func:`resolve_functions` gives for names ftrace lists, without parsing the whole list
+    and kallsyms (most of a warm start's time under emulation). None when a name is a glob,
+    is not listed under that name (an alias: the full resolution handles it) or is on the
+    kprobe blacklist."""
+    if not names or any(_GLOB_CHARS & set(n) for n in names):
+        return None
+    try:
+        ensure_tracefs()
+        with open(f"{TRACEFS}/available_filter_functions") as f:
+            text = f.read()
+        with open(BLACKLIST) as f:
+            blocked = parse_blacklist(f.read())
+    except (OSError, FeatureError):
+        return None
+    wanted = set(names)
+    if wanted & blocked:
+        return None
+    found: dict[str, KFunc] = {}
+    pattern = re.compile(r"^(" + "|".join(map(re.escape, sorted(wanted)))
+                         + r")(?:[ \t]+\[([^\]\s]+)\])?[ \t]*$", re.M)
+    for m in pattern.finditer(text):
+        found.setdefault(m.group(1), KFunc(m.group(1), m.group(2)))
+    if set(found) != wanted:
+        return None
+    return Resolution(sorted(found.values(), key=lambda k: k.name), len(found))
+
+
 def match_functions(globs: Iterable[str], traceable: Traceable) -> list[KFunc]:
     """Distinct functions matching any glob, sorted by name (ftrace's names only)."""
     return resolve_functions(globs, traceable).funcs
@@ -307,9 +339,13 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
     from bpflbr_shell.kernel.selectors import check_glob
 
     kernel = ctx.kernel()
-    traceable = traceable_functions(kernel.kallsyms)
-    found = resolve_functions([check_glob(g, "function glob") for g in spec.targets],
-                              traceable, kernel.kallsyms)
+    globs = [check_glob(g, "function glob") for g in spec.targets]
+    source = f"{TRACEFS}/available_filter_functions"
+    found = resolve_exact(globs)
+    if found is None:  # globs, aliases, blacklisted names: the whole list and kallsyms
+        traceable = traceable_functions(kernel.kallsyms)
+        found = resolve_functions(globs, traceable, kernel.kallsyms)
+        source = traceable.source
     funcs = found.funcs
     ctx.notes.extend(found.notices())
     exit_ = bool(spec.option("exit"))
@@ -317,7 +353,7 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
     globs = " ".join(spec.targets)
     label = f"kfunc {globs}"
     base = f"trace kfunc {globs}" + (" --exit" if exit_ else "")
-    btfs = functools.cache(lambda: KernelBtfs(kernel.vmlinux_btf))  # parsed when needed
+    btfs = once(lambda: KernelBtfs(kernel.vmlinux_btf))  # parsed when first needed
     signature_of = kernel_signatures(btfs, funcs)
     listed = [f"{k}" + (f" (asked as {k.asked})" if k.asked else "") for k in funcs]
     shown = ", ".join(map(str, funcs[:5])) + (" ..." if len(funcs) > 5 else "")
@@ -327,10 +363,37 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
         return lambda on_event: tracer_factory(backend, funcs, capture, exit_, label,
                                                btfs)(on_event)
 
+    def attached() -> None:
+        # the events' function names come from kallsyms: parsed beside the first events'
+        # wait, not before attaching (exact names need no kallsyms to be found)
+        def warm() -> None:
+            try:
+                kernel.kallsyms  # noqa: B018 - the parse is the point
+            except Exception:  # noqa: BLE001 - the reader meets the same error and says it
+                pass
+
+        threading.Thread(target=warm, name="kallsyms", daemon=True).start()
+
     return [TracePlan(make=make_for(b), spec_text=f"{base} --backend {b}",
                       summary=f"{b} on {len(funcs)} kernel function(s): {shown}", backend=b,
-                      targets=listed, source=traceable.source, signature_of=signature_of)
+                      targets=listed, source=source, signature_of=signature_of,
+                      attached=attached)
             for b in plan_backends(spec.option("backend", "auto"))]
+
+
+def once(make: Callable[[], Any]) -> Callable[[], Any]:
+    """``make()`` run once, the first caller's thread doing it and the others waiting (the
+    printer and the shell may both render an event first)."""
+    lock = threading.Lock()
+    box: list[Any] = []
+
+    def get() -> Any:
+        with lock:
+            if not box:
+                box.append(make())
+            return box[0]
+
+    return get
 
 
 def plan_backends(choice: str) -> list[str]:
