@@ -100,7 +100,7 @@ def test_help_lists_and_describes(ctx: Context) -> None:
     for name in ("echo", "help", "quit (exit)", "set", "show settings", "source"):
         assert f"  {name} " in listing
     assert run_line(ctx, "help source")
-    assert "usage: source [-h] FILE" in out(ctx)
+    assert "usage: source [-h] [--json] FILE" in out(ctx)
     assert run_line(ctx, "help show")
     assert "'show' subcommands:" in out(ctx)
     assert not run_line(ctx, "help sorce")

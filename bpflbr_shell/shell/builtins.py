@@ -5,8 +5,16 @@ from __future__ import annotations
 import argparse
 
 from bpflbr_shell.errors import UsageError
+from bpflbr_shell.render.present import Settings, Text
 from bpflbr_shell.shell.context import SETTINGS, Context, format_value
-from bpflbr_shell.shell.registry import argument, command, complete_path, int_range
+from bpflbr_shell.shell.registry import (
+    CATEGORIES,
+    Command,
+    argument,
+    command,
+    complete_path,
+    int_range,
+)
 from bpflbr_shell.shell.runner import run_file
 
 
@@ -16,38 +24,57 @@ def _complete_help(ctx: Context, words: list[str], prefix: str) -> list[tuple[st
 
 @command("help", help="list commands, or show one command's options", complete=_complete_help)
 @argument("words", nargs="*", metavar="CMD", help="a command (several words for subcommands)")
-def cmd_help(ctx: Context, args: argparse.Namespace) -> None:
+def cmd_help(ctx: Context, args: argparse.Namespace) -> Text:
     registry = ctx.registry
     words: list[str] = args.words
     if not words:
-        _print_table(ctx, registry.commands())
-        ctx.print("\nType 'help CMD' for a command's options; 'CMD -h' works too.")
-        return
+        cmds = registry.commands()
+        return Text(_grouped(ctx, cmds)
+                    + "\n\nType 'help CMD' for a command's options; 'CMD -h' works too.",
+                    data=[_doc(c) for c in cmds])
     subs = registry.subcommands(words)
     cmd = registry.get(" ".join(words))
     if cmd is None and not subs:
         cmd, used = registry.resolve(words)  # raises 'unknown command ... did you mean'
         if used != len(words):
             raise UsageError(f"unknown command '{' '.join(words)}'", f"try 'help {cmd.name}'")
+    parts = []
     if cmd is not None:
-        ctx.write(cmd.parser.format_help())
+        parts.append(cmd.parser.format_help().rstrip("\n"))
         if cmd.aliases:
-            ctx.print(f"\naliases: {', '.join(cmd.aliases)}")
+            parts.append(f"\naliases: {', '.join(cmd.aliases)}")
     if subs:
         if cmd is not None:
-            ctx.print()
-        ctx.print(f"'{' '.join(words)}' subcommands:")
-        _print_table(ctx, subs)
+            parts.append("")
+        parts.append(f"'{' '.join(words)}' subcommands:")
+        parts.append(_rows(ctx, subs))
+    return Text("\n".join(parts), data=[_doc(c) for c in ([cmd] if cmd else []) + subs])
 
 
-def _print_table(ctx: Context, cmds: list) -> None:
-    rows = []
+def _doc(cmd: Command) -> dict[str, object]:
+    return {"name": cmd.name, "help": cmd.help, "aliases": list(cmd.aliases),
+            "category": cmd.category, "usage": cmd.parser.one_line_usage()}
+
+
+def _grouped(ctx: Context, cmds: list[Command]) -> str:
+    """The command list by category (in CATEGORIES' order), each group aligned alike."""
+    groups: dict[str, list[Command]] = {}
     for cmd in cmds:
-        label = cmd.name + (f" ({', '.join(cmd.aliases)})" if cmd.aliases else "")
-        rows.append((label, cmd.help))
-    width = max((len(label) for label, _ in rows), default=0)
-    for label, text in rows:
-        ctx.print(f"  {ctx.style(label.ljust(width), 'bold')}  {text}".rstrip())
+        groups.setdefault(cmd.category, []).append(cmd)
+    order = [c for c in CATEGORIES if c in groups] + sorted(set(groups) - set(CATEGORIES))
+    width = max((len(_label(c)) for c in cmds), default=0)
+    return "\n\n".join(f"{ctx.style(cat + ':', 'bold')}\n" + _rows(ctx, groups[cat], width)
+                        for cat in order)
+
+
+def _label(cmd: Command) -> str:
+    return cmd.name + (f" ({', '.join(cmd.aliases)})" if cmd.aliases else "")
+
+
+def _rows(ctx: Context, cmds: list[Command], width: int = 0) -> str:
+    width = width or max((len(_label(c)) for c in cmds), default=0)
+    return "\n".join(f"  {ctx.style(_label(c).ljust(width), 'bold')}  {c.help}".rstrip()
+                     for c in cmds)
 
 
 @command("quit", help="leave the shell", aliases=("exit",))
@@ -80,17 +107,12 @@ def cmd_set(ctx: Context, args: argparse.Namespace) -> None:
 @command("show settings", help="list settings with their values")
 @argument("name", nargs="?", metavar="NAME", help="only this setting",
           completer=lambda ctx, prefix: sorted(SETTINGS))
-def cmd_show_settings(ctx: Context, args: argparse.Namespace) -> None:
+def cmd_show_settings(ctx: Context, args: argparse.Namespace) -> Settings:
     items = ctx.settings.items()
     if args.name is not None:
         ctx.settings.lookup(args.name)
         items = [(n, v) for n, v in items if n == args.name]
-    if args.json:
-        ctx.print_json({name: value for name, value in items})
-        return
-    width = max((len(name) for name, _ in items), default=0)
-    for name, value in items:
-        ctx.print(f"  {name.ljust(width)}  {format_value(value):<6}  {SETTINGS[name].help}")
+    return Settings([(n, v, SETTINGS[n].help) for n, v in items], format_value)
 
 
 @command("source", help="run a command script (.lbr); stops at the first failing line")
@@ -100,5 +122,5 @@ def cmd_source(ctx: Context, args: argparse.Namespace) -> None:
 
 
 @command("echo", help="print the rest of the line verbatim (handy in scripts)", raw=True)
-def cmd_echo(ctx: Context, args: argparse.Namespace) -> None:
-    ctx.print(args.text)
+def cmd_echo(ctx: Context, args: argparse.Namespace) -> Text:
+    return Text(args.text)

@@ -1,7 +1,7 @@
 """``show progs|prog|ksym`` and ``disasm prog``: the kernel view, printed.
 
-The commands only parse, ask ``ctx.kernel`` and hand records to the renderers; they derive no
-kernel facts themselves.
+The commands only parse, ask ``ctx.kernel`` and return records (render/present.py shows them
+as text or JSON); they derive no kernel facts themselves.
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from bpflbr_shell.errors import NotFoundError
 from bpflbr_shell.kernel.selectors import SELECTOR_HELP, check_glob, parse_selector
 from bpflbr_shell.render import text as render
+from bpflbr_shell.render.present import Disassembly, Features, ProgDetails, Progs, Table, Text
 from bpflbr_shell.shell.context import Context
 from bpflbr_shell.shell.registry import argument, command
 from bpflbr_shell.symbols.kernel import kernel_symbolizer
@@ -52,42 +53,37 @@ def complete_ksym(ctx: Context, prefix: str) -> Iterable[str]:
         return []
 
 
-@command("show progs", help="list loaded BPF programs (optionally those matching SEL)")
+@command("show progs", help="list loaded BPF programs (optionally those matching SEL)",
+         category="programs")
 @argument("selector", nargs="?", default="*", metavar="SEL", completer=complete_prog,
           help=f"program selector: {SELECTOR_HELP}")
-def cmd_show_progs(ctx: Context, args: argparse.Namespace) -> None:
-    progs = ctx.kernel.select(args.selector, must_match=args.selector != "*")
-    if args.json:
-        ctx.print_json([render.prog_to_json(p) for p in progs])
-    else:
-        ctx.print(render.progs_table(progs, color=ctx.use_color()))
+def cmd_show_progs(ctx: Context, args: argparse.Namespace) -> Progs:
+    return Progs(ctx.kernel.select(args.selector, must_match=args.selector != "*"))
 
 
-@command("show prog", help="everything the kernel knows about one program")
+@command("show prog", help="everything the kernel knows about one program",
+         category="programs")
 @argument("selector", metavar="SEL", completer=complete_prog,
           help=f"program selector: {SELECTOR_HELP}")
-def cmd_show_prog(ctx: Context, args: argparse.Namespace) -> None:
+def cmd_show_prog(ctx: Context, args: argparse.Namespace) -> ProgDetails:
     from bpflbr_shell.kernel.selectors import processes_holding
 
     progs = ctx.kernel.select(args.selector)
-    docs = []
-    for i, p in enumerate(progs):
-        pids = processes_holding(p.id)
-        if args.json:
-            docs.append(render.prog_to_json(p, detail=True, pids=pids))
-            continue
-        if i:
-            ctx.print()
-        ctx.print(render.prog_detail(p, color=ctx.use_color(), pids=pids,
-                                     stats_enabled=render.bpf_stats_enabled()))
-    if args.json:
-        ctx.print_json(docs if len(docs) > 1 else docs[0])
+    return ProgDetails([(p, processes_holding(p.id)) for p in progs],
+                       render.bpf_stats_enabled())
 
 
-@command("show ksym", help="look up a kernel symbol by name, or an address by value")
+def _ksym_cell(key: str, value: object) -> str:
+    if key == "addr" and isinstance(value, int):
+        return f"{value:#x}"
+    return "" if value is None else str(value)
+
+
+@command("show ksym", help="look up a kernel symbol by name, or an address by value",
+         category="kernel")
 @argument("what", metavar="NAME|ADDR", completer=complete_ksym,
           help="symbol name (globs allowed) or address (0x...)")
-def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> None:
+def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> Text | Table:
     kernel = ctx.kernel
     text: str = args.what
     rows: list[dict[str, object]] = []
@@ -105,59 +101,45 @@ def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> None:
         rows.append({"addr": addr, "symbol": loc.func, "offset": loc.offset,
                      "module": loc.module, "kind": loc.kind, "file": loc.file,
                      "line": loc.line, "col": loc.col, "where": loc.format()})
-    else:
-        names = ([text] if not any(c in text for c in "*?[")
-                 else kernel.kallsyms.names_matching(check_glob(text), limit=500))
-        for name in names:
-            for ksym in kernel.kallsyms.symbols_named(name):
-                rows.append({"addr": ksym.addr, "symbol": ksym.name, "offset": 0,
-                             "module": ksym.module, "kind": "bpf" if ksym.module == "bpf"
-                             else "module" if ksym.module else "kernel",
-                             "type": ksym.type, "size": ksym.size})
-        if not rows:
-            raise NotFoundError(f"no kernel symbol named '{text}'",
-                                "globs work: show ksym 'tcp_v4_*'")
-    if args.json:
-        ctx.print_json(rows)
-        return
-    if "where" in rows[0]:
-        ctx.print(f"{rows[0]['addr']:#x}  {rows[0]['where']}")
-        return
-    ctx.print(render.table(
-        ("ADDRESS", "TYPE", "SIZE", "SYMBOL", "MODULE"),
-        ((f"{r['addr']:#x}", r["type"], r["size"], r["symbol"], r["module"] or "")
-         for r in rows),
-        ctx.use_color(), right=(2,)))
+        return Text(f"{addr:#x}  {loc.format()}", data=rows)
+    names = ([text] if not any(c in text for c in "*?[")
+             else kernel.kallsyms.names_matching(check_glob(text), limit=500))
+    for name in names:
+        for ksym in kernel.kallsyms.symbols_named(name):
+            rows.append({"addr": ksym.addr, "symbol": ksym.name, "offset": 0,
+                         "module": ksym.module, "kind": "bpf" if ksym.module == "bpf"
+                         else "module" if ksym.module else "kernel",
+                         "type": ksym.type, "size": ksym.size})
+    if not rows:
+        raise NotFoundError(f"no kernel symbol named '{text}'",
+                            "globs work: show ksym 'tcp_v4_*'")
+    return Table(("ADDRESS", "TYPE", "SIZE", "SYMBOL", "MODULE"),
+                 ("addr", "type", "size", "symbol", "module"), rows, right=(2,),
+                 show=_ksym_cell)
 
 
-@command("disasm prog", help="disassemble a program's JIT image with source lines and symbols")
+@command("disasm prog", help="disassemble a program's JIT image with source lines and symbols",
+         category="programs")
 @argument("selector", metavar="SEL", completer=complete_prog,
           help=f"program selector: {SELECTOR_HELP}")
 @argument("func", nargs="?", metavar="FUNC",
           help="only this subprogram (BTF name, ksym name or index)")
 @argument("--intel", action="store_true", help="Intel syntax (default: AT&T)")
-@argument("--json", action="store_true", help="JSON output")
-def cmd_disasm_prog(ctx: Context, args: argparse.Namespace) -> None:
-    from bpflbr_shell.render.disasm import disasm_to_json, disassemble_prog, render_disasm_text
+def cmd_disasm_prog(ctx: Context, args: argparse.Namespace) -> Disassembly:
+    from bpflbr_shell.render.disasm import disassemble_prog
 
     kernel = ctx.kernel
     prog = kernel.select_one(args.selector)
     kernel.progs()  # every program's ranges, so calls into other progs resolve with lines
     func = int(args.func) if args.func and args.func.isdigit() else args.func
-    funcs = disassemble_prog(prog, kernel_symbolizer(kernel),
-                             syntax="intel" if args.intel else "att", func=func)
-    if args.json:
-        ctx.print_json({"prog": render.prog_to_json(prog), "functions": disasm_to_json(funcs)})
-    else:
-        ctx.write(render_disasm_text(funcs, color=ctx.use_color()))
+    return Disassembly(prog, disassemble_prog(prog, kernel_symbolizer(kernel),
+                                              syntax="intel" if args.intel else "att",
+                                              func=func))
 
 
-@command("show features", help="what this kernel and machine can trace, and how to fix what not")
-def cmd_show_features(ctx: Context, args: argparse.Namespace) -> None:
+@command("show features", help="what this kernel and machine can trace, and how to fix what not",
+         category="kernel")
+def cmd_show_features(ctx: Context, args: argparse.Namespace) -> Features:
     from bpflbr_shell.kernel import features
 
-    found = features.probe_features()
-    if args.json:
-        ctx.print_json(features.to_json(found))
-    else:
-        ctx.print(features.render_features(found))
+    return Features(features.probe_features())

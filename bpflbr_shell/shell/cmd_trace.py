@@ -20,10 +20,9 @@ from bpflbr_shell.render.events import (
     EndpointMap,
     RenderOptions,
     event_json,
-    event_to_json,
     render_event,
 )
-from bpflbr_shell.render.text import table
+from bpflbr_shell.render.present import EventStream, Table, Text
 from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
 from bpflbr_shell.shell.context import Context, parse_bool, register_setting
 from bpflbr_shell.shell.registry import argument, command, int_range
@@ -352,17 +351,19 @@ def trace_spec(ctx: Context, kind: ProbeKind, args: argparse.Namespace) -> Trace
                      ring_bytes=ctx.settings["event-ring"])
 
 
-def dry_run(ctx: Context, rt: Runtime, spec: TraceSpec) -> None:
+def dry_run(ctx: Context, rt: Runtime, spec: TraceSpec) -> Text:
     """What ``spec`` would attach, and how; nothing is attached."""
     plans, notes = rt.session.plan(spec)
     for note in notes:
         ctx.warn(note)
     first = plans[0]
     events = "return" if spec.option("exit") else "entry"
-    ctx.print(f"{len(first.targets)} function(s) from {first.source}; backend "
-              f"{'/'.join(p.backend for p in plans)} ({events} events)")
-    for target in first.targets:
-        ctx.print(f"  {target}")
+    backends = [p.backend for p in plans]
+    head = (f"{len(first.targets)} function(s) from {first.source}; backend "
+            f"{'/'.join(backends)} ({events} events)")
+    return Text("\n".join([head, *(f"  {t}" for t in first.targets)]),
+                data={"functions": first.targets, "source": first.source,
+                      "backends": backends, "events": events})
 
 
 def _kind_options(kind: ProbeKind) -> Callable[[argparse.ArgumentParser], None]:
@@ -385,12 +386,12 @@ def _kind_options(kind: ProbeKind) -> Callable[[argparse.ArgumentParser], None]:
 
 
 def _trace_command(kind: ProbeKind) -> None:
-    def run(ctx: Context, args: argparse.Namespace) -> None:
+    def run(ctx: Context, args: argparse.Namespace) -> Text | None:
         spec = trace_spec(ctx, kind, args)
         if spec.option("dry_run"):
-            dry_run(ctx, runtime(ctx), spec)
-            return
-        run_trace(ctx, args, spec)
+            return dry_run(ctx, runtime(ctx), spec)
+        run_trace(ctx, args, spec)  # streams the events itself, as they come
+        return None
 
     run.__name__ = run.__qualname__ = f"cmd_trace_{kind.name}"
     run.__doc__ = kind.help
@@ -398,29 +399,27 @@ def _trace_command(kind: ProbeKind) -> None:
     cmd = argument("targets", metavar=kind.target.metavar,
                    nargs="+" if kind.target.many else None, completer=completer,
                    help=kind.target.help)(_common_trace_args(run))
-    command(f"trace {kind.name}", help=kind.help, build=_kind_options(kind))(cmd)
+    command(f"trace {kind.name}", help=kind.help, build=_kind_options(kind),
+            category="tracing")(cmd)
 
 
 for _kind in KINDS:  # one command per row of the probe-kind table
     _trace_command(_kind)
 
 
-@command("trace list", help="list traces, running and stopped")
-def cmd_trace_list(ctx: Context, args: argparse.Namespace) -> None:
-    rt = runtime(ctx)
-    traces = list(rt.session.traces.values())
-    if not traces:
-        ctx.print("no traces")
-        return
-    ctx.print(table(("ID", "STATE", "EVENTS", "SPEC"),
-                    ((t.id, "running" if t.running else "stopped", t.delivered, t.spec)
-                     for t in traces), ctx.use_color(), right=(0, 2)))
+@command("trace list", help="list traces, running and stopped", category="tracing")
+def cmd_trace_list(ctx: Context, args: argparse.Namespace) -> Table:
+    rows = [{"id": t.id, "state": "running" if t.running else "stopped", "events": t.delivered,
+             "spec": t.spec} for t in runtime(ctx).session.traces.values()]
+    return Table(("ID", "STATE", "EVENTS", "SPEC"), ("id", "state", "events", "spec"), rows,
+                 right=(0, 2), empty="no traces")
 
 
-@command("trace stop", help="stop one trace (or all): detach its probes, keep its events")
+@command("trace stop", help="stop one trace (or all): detach its probes, keep its events",
+         category="tracing")
 @argument("id", nargs="?", type=int_range(1, None, "a trace id"),
           help="trace id (default: all)")
-def cmd_trace_stop(ctx: Context, args: argparse.Namespace) -> None:
+def cmd_trace_stop(ctx: Context, args: argparse.Namespace) -> Text:
     rt = runtime(ctx)
     traces = [rt.session.get(args.id)] if args.id else list(rt.session.traces.values())
     running = [t for t in traces if t.running]
@@ -431,10 +430,10 @@ def cmd_trace_stop(ctx: Context, args: argparse.Namespace) -> None:
                        "handler ('show stats' has the final numbers once it is done)")
         elif t in running:
             report_books(ctx, t)
-    ctx.print(f"stopped {len(traces)} trace(s)")
+    return Text(f"stopped {len(traces)} trace(s)", data={"stopped": [t.id for t in traces]})
 
 
-@command("trace delete", help="stop and forget a trace")
+@command("trace delete", help="stop and forget a trace", category="tracing")
 @argument("id", type=int_range(1, None, "a trace id"), help="trace id")
 def cmd_trace_delete(ctx: Context, args: argparse.Namespace) -> None:
     rt = runtime(ctx)
@@ -442,76 +441,57 @@ def cmd_trace_delete(ctx: Context, args: argparse.Namespace) -> None:
 
 
 # show events / event / stats -------------------------------------------------------------------
-@command("show events", help="the last N stored events (default 20)")
+def event_stream(ctx: Context, rt: Runtime, events: list[Event], opts: RenderOptions,
+                 one: bool = False) -> EventStream:
+    """Stored events for the presenter: each rendered (text) or encoded (the fast JSON
+    encoder ``trace --json`` uses) when written, never all at once."""
+    session = rt.session
+
+    def text_of(e: Event) -> str:
+        o = options_for(rt, e, opts)
+        return render_event(e, session.symbolize, o, session.params_of(e),
+                            endpoint_map(ctx, rt, session.symbolize) if e.lbr else None)
+
+    def json_of(e: Event) -> str:
+        return event_json(e, session.symbolize, options_for(rt, e, opts), session.params_of(e))
+
+    return EventStream(events, text_of, json_of, one=one)
+
+
+@command("show events", help="the last N stored events (default 20)", category="events")
 @argument("n", nargs="?", type=int_range(1, None, "a number of events"), default=20,
           help="how many")
-def cmd_show_events(ctx: Context, args: argparse.Namespace) -> None:
+def cmd_show_events(ctx: Context, args: argparse.Namespace) -> EventStream:
     rt = runtime(ctx)
-    events = rt.session.store.last(args.n)
-    opts = render_options(ctx)
-    if args.json:
-        write_events_json(ctx, rt, events, opts)
-        return
-    if not events:
-        ctx.print("no events stored")
-    for e in events:
-        print_event(ctx, rt, e, False, opts)
+    return event_stream(ctx, rt, rt.session.store.last(args.n), render_options(ctx))
 
 
-def write_events_json(ctx: Context, rt: Runtime, events: list[Event],
-                      opts: RenderOptions) -> None:
-    """A JSON array written one event at a time, each as ``trace --json`` prints it (the
-    same :func:`event_json` text): building the whole document first took 1.9 GB for a large
-    store and was OOM-killed."""
-    session = rt.session
-    out = ctx.stdout
-    sep = "[\n"
-    for e in events:
-        out.write(sep + event_json(e, session.symbolize, options_for(rt, e, opts),
-                                   session.params_of(e)))
-        sep = ",\n"
-    out.write("\n]\n" if events else "[]\n")
-
-
-@command("show event", help="one stored event in full")
+@command("show event", help="one stored event in full", category="events")
 @argument("id", type=int_range(1, None, "an event id"), help="event id (#N)")
 @argument("--kstack", action="store_true", help="also show the kernel stack")
-def cmd_show_event(ctx: Context, args: argparse.Namespace) -> None:
+def cmd_show_event(ctx: Context, args: argparse.Namespace) -> EventStream:
     rt = runtime(ctx)
     event = rt.session.store.get(args.id)
-    opts = render_options(ctx, {"kstack": args.kstack})
-    if args.json:
-        ctx.print_json(event_to_json(event, rt.session.symbolize, options_for(rt, event, opts),
-                                     rt.session.params_of(event)))
-    else:
-        print_event(ctx, rt, event, False, opts)
+    return event_stream(ctx, rt, [event], render_options(ctx, {"kstack": args.kstack}),
+                        one=True)
+
+
+STATS_KEYS = ("id", "hits", "delivered", "drops", "filtered", "pending", "lbr_errors", "bytes",
+              "ns_per_run", "spec")
 
 
 @command("show stats", help="per trace: hits = events + drops + filtered (+ pending), "
-         "bytes, in-kernel time per event")
-def cmd_show_stats(ctx: Context, args: argparse.Namespace) -> None:
+         "bytes, in-kernel time per event", category="events")
+def cmd_show_stats(ctx: Context, args: argparse.Namespace) -> Table:
     rt = runtime(ctx)
-    rows = []
+    rows, notes = [], []
     for t in rt.session.traces.values():
         c = t.counters()
         per = c.get("run_time_ns", 0) // c["run_cnt"] if c.get("run_cnt") else None
-        rows.append({"id": t.id, "spec": t.spec, "running": t.running, **c,
-                     "ns_per_run": per})
-    if args.json:
-        ctx.print_json(rows)
-        return
-    if not rows:
-        ctx.print("no traces")
-        return
-    ctx.print(table(
-        ("ID", "HITS", "EVENTS", "DROPS", "FILTERED", "PENDING", "LBR_ERR", "BYTES", "NS/RUN",
-         "SPEC"),
-        ((r["id"], r.get("hits", "-"), r["delivered"], r.get("drops", "-"),
-          r.get("filtered", "-"), r.get("pending", "-"), r.get("lbr_errors", "-"),
-          r.get("bytes", "-"), r["ns_per_run"] if r["ns_per_run"] is not None else "-",
-          r["spec"]) for r in rows),
-        ctx.use_color(), right=range(9)))
-    ctx.print("HITS = EVENTS + DROPS + FILTERED + PENDING (read, or being written, not read yet)")
-    for t, r in zip(rt.session.traces.values(), rows, strict=False):
-        for note in book_notes(t, r):
-            ctx.print(note)
+        row = {"id": t.id, "spec": t.spec, "running": t.running, **c, "ns_per_run": per}
+        rows.append(row)
+        notes += book_notes(t, row)
+    return Table(("ID", "HITS", "EVENTS", "DROPS", "FILTERED", "PENDING", "LBR_ERR", "BYTES",
+                  "NS/RUN", "SPEC"), STATS_KEYS, rows, right=range(9), empty="no traces",
+                 footer=["HITS = EVENTS + DROPS + FILTERED + PENDING (read, or being written, "
+                         "not read yet)", *notes])

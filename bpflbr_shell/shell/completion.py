@@ -18,7 +18,8 @@ from prompt_toolkit.completion import CompleteEvent, Completer, Completion
 from prompt_toolkit.document import Document
 
 from bpflbr_shell.shell.context import Context
-from bpflbr_shell.shell.registry import Command
+from bpflbr_shell.shell.lexer import lex
+from bpflbr_shell.shell.registry import Command, complete_path
 
 _NEEDS_QUOTES = re.compile(r"[\s'\"\\;|&<>()$`]")
 
@@ -30,39 +31,12 @@ class Candidate:
 
 
 def split_for_completion(text: str) -> tuple[list[str], str, int]:
-    """Words before the cursor, the (unquoted) word being typed, and its raw length.
-
-    Lenient where shlex is strict: an open quote just means the current word continues.
-    """
-    words: list[str] = []
-    cur: list[str] = []
-    start: int | None = None
-    quote: str | None = None
-    escaped = False
-    for i, ch in enumerate(text):
-        if start is None and not ch.isspace():
-            start = i
-        if escaped:
-            cur.append(ch)
-            escaped = False
-        elif ch == "\\" and quote != "'":
-            escaped = True
-        elif quote:
-            if ch == quote:
-                quote = None
-            else:
-                cur.append(ch)
-        elif ch in "'\"":
-            quote = ch
-        elif ch.isspace():
-            if start is not None and start < i:
-                words.append("".join(cur))
-            cur, start = [], None
-        else:
-            cur.append(ch)
-    if start is None:
-        return words, "", 0
-    return words, "".join(cur), len(text) - start
+    """Words before the cursor, the (unquoted) word being typed, and its raw length: the
+    runner's own lexer, lenient (an open quote just means the current word continues)."""
+    line = lex(text, strict=False)
+    if line.partial is None:
+        return line.argv, "", 0
+    return line.argv, line.partial.text, len(text) - line.partial.start
 
 
 def _normalise(items: Iterable[str | tuple[str, str]]) -> Iterator[Candidate]:
@@ -143,7 +117,13 @@ def candidates(ctx: Context, text: str) -> tuple[list[Candidate], int]:
     A failing hook (no privilege, kernel not readable) yields no candidates rather than an
     error: completion must never break the prompt.
     """
+    line = lex(text, strict=False)
+    if line.after_operator == "|":
+        return [], 0  # a shell pipeline: not ours to complete
     words, prefix, raw_len = split_for_completion(text)
+    if line.after_operator == ">":  # the output file
+        return [Candidate(p) for p in complete_path(ctx, prefix) if p.startswith(prefix)], \
+            raw_len
     registry = ctx.registry
     found: list[Candidate] = []
     cmd = None

@@ -7,7 +7,6 @@ The kernel view is created on first use by a factory installed at start-up
 
 from __future__ import annotations
 
-import json
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -194,10 +193,6 @@ class Context:
 
     def print(self, *parts: Any, sep: str = " ", end: str = "\n") -> None:
         self.stdout.write(sep.join(str(p) for p in parts) + end)
-
-    def print_json(self, obj: Any) -> None:
-        """The one JSON style for ``--json`` output (stable keys, readable in a terminal)."""
-        self.stdout.write(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
     def status(self, message: str) -> None:
         """A line about the run, not its output ("trace 1: ...", "stopped: N events"): on

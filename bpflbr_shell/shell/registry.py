@@ -59,12 +59,34 @@ class _HelpAction(argparse.Action):
         raise HelpRequested(parser.format_help())
 
 
+#: ``help``'s groups, in the order it lists them (a command names its own; default "shell").
+CATEGORIES = ("tracing", "events", "programs", "kernel", "shell")
+
+
+class _HelpFormatter(argparse.HelpFormatter):
+    """"(default: X)" after an option's help when X says something: not for switches, empty
+    values, or help that already names its default."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if default in (None, False, argparse.SUPPRESS, "") or action.nargs == 0 \
+                or "default" in text or not action.option_strings:
+            return text
+        shown = default if isinstance(default, str) else repr(default)
+        return f"{text} (default: {shown})".replace("%", "%%")
+
+
 class CommandParser(argparse.ArgumentParser):
-    """An ArgumentParser that raises instead of printing usage and calling ``sys.exit``."""
+    """An ArgumentParser that raises instead of printing usage and calling ``sys.exit``.
+    Options are never abbreviated (``--js`` for ``--json`` breaks a script the day an option
+    gains a sibling)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs.setdefault("add_help", False)
         kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("allow_abbrev", False)
+        kwargs.setdefault("formatter_class", _HelpFormatter)
         super().__init__(*args, **kwargs)
         self.register("action", "help", _HelpAction)
         self.add_argument("-h", "--help", action="help", help="show this help")
@@ -153,6 +175,7 @@ class Command:
     complete: CommandCompleter | None = None
     json: bool = False
     raw: bool = False
+    category: str = "shell"
     _parser: CommandParser | None = field(default=None, repr=False)
 
     @property
@@ -214,12 +237,14 @@ class Registry:
                 aliases: Iterable[str] = (), build: ParserBuilder | None = None,
                 completers: dict[str, ValueCompleter] | None = None,
                 complete: CommandCompleter | None = None, json: bool | None = None,
-                raw: bool = False) -> Callable[[CommandFunc], Command]:
+                raw: bool = False, category: str = "shell",
+                ) -> Callable[[CommandFunc], Command]:
         """Decorator registering ``fn(ctx, args)`` as command ``name``.
 
-        ``json`` defaults to on for ``show ...`` commands (adds ``--json``, read it as
-        ``args.json``). ``raw`` commands get the rest of the line verbatim as ``args.text``
-        (no shlex), for things like ``py EXPR``.
+        The function returns a record (render/present.py) or None; ``--json`` (added to every
+        command but ``raw`` ones) makes the presenter write it as JSON. ``raw`` commands get
+        the rest of the line verbatim as ``args.text`` (no shlex, no ``|`` or ``>``), for
+        things like ``py EXPR``. ``category`` groups it in ``help``.
         """
 
         def decorate(func: CommandFunc) -> Command:
@@ -236,8 +261,9 @@ class Registry:
                 build=build,
                 completers=dict(completers or {}),
                 complete=complete,
-                json=words[0] == "show" if json is None else json,
+                json=not raw if json is None else json,
                 raw=raw,
+                category=category,
             )
             self.add(cmd)
             return cmd

@@ -6,16 +6,24 @@ and :func:`run_guarded`, so they all split, dispatch and report errors the same 
 
 from __future__ import annotations
 
+import argparse
 import errno
+import os
 import re
-import shlex
+import subprocess
+import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
+from bpflbr_shell import safefile
 from bpflbr_shell.errors import ScriptError, UsageError, UserError
+from bpflbr_shell.render.present import present
+from bpflbr_shell.render.text import safe_line
 from bpflbr_shell.shell.context import Context
-from bpflbr_shell.shell.registry import HelpRequested, UnknownCommandError
+from bpflbr_shell.shell.lexer import Line, lex
+from bpflbr_shell.shell.registry import Command, HelpRequested, UnknownCommandError
 
 #: ``source`` nesting limit: a script sourcing itself should fail, not blow the stack.
 MAX_SOURCE_DEPTH = 16
@@ -26,33 +34,10 @@ MAX_LINE = 4096
 MAX_SCRIPT_BYTES = 1 << 20
 
 
-def strip_comment(line: str) -> str:
-    """Drop a ``#`` comment: ``#`` starting a word outside quotes (``a#b`` is kept)."""
-    quote: str | None = None
-    escaped = False
-    prev = " "
-    for i, ch in enumerate(line):
-        if escaped:
-            escaped, ch = False, "x"  # an escaped char never starts a comment
-        elif ch == "\\" and quote != "'":
-            escaped = True
-        elif quote:
-            if ch == quote:
-                quote = None
-        elif ch in "'\"":
-            quote = ch
-        elif ch == "#" and prev.isspace():
-            return line[:i]
-        prev = ch
-    return line
-
-
 def split_words(line: str) -> list[str]:
-    """shlex words of a line (never a shell); unbalanced quotes are a UsageError."""
-    try:
-        return shlex.split(line)
-    except ValueError as exc:
-        raise UsageError(f"cannot split line: {exc}", "check the quotes") from None
+    """The words of a line (shell quoting, never a shell); unbalanced quotes, ``|`` and ``>``
+    are the lexer's: see :mod:`bpflbr_shell.shell.lexer`."""
+    return lex(line).argv
 
 
 def _raw_rest(line: str, nwords: int) -> str:
@@ -61,34 +46,109 @@ def _raw_rest(line: str, nwords: int) -> str:
     return line[match.end():].strip() if match else ""
 
 
-def execute_line(ctx: Context, line: str) -> None:
-    """Split, dispatch and run one command line; exceptions propagate to the caller."""
+def _checked(line: str) -> str | None:
     text = line.strip()
     if not text or text.startswith("#"):
-        return
+        return None
     if len(text) > MAX_LINE:
         raise UsageError(f"line too long ({len(text)} characters; at most {MAX_LINE})",
                          "shorten it (globs select many names at once)")
     if "\0" in text:
         raise UsageError("the line holds a NUL character", "remove it")
-    loose = text.split()
-    cmd, n = ctx.registry.resolve(loose)
-    if cmd.raw:
-        # Raw commands (py EXPR, echo) see their text untouched: no shlex, no comments.
-        import argparse
+    return text
 
-        args = argparse.Namespace(text=_raw_rest(text, n))
-    else:
-        words = split_words(strip_comment(text))
-        if not words:
-            return
-        cmd, n = ctx.registry.resolve(words)
+
+def _parse(ctx: Context, text: str) -> tuple[Command, argparse.Namespace, Line] | None:
+    """(command, its arguments, the lexed line) of one line; None for ``CMD -h`` (its help
+    is printed) or a line of nothing but a comment."""
+    cmd, n = ctx.registry.resolve(text.split())
+    if cmd.raw:  # py EXPR, echo: their text untouched (no quotes, comments, | or >)
+        return cmd, argparse.Namespace(text=_raw_rest(text, n)), Line()
+    line = lex(text)
+    if not line.words:
+        return None
+    cmd, n = ctx.registry.resolve(line.argv)
+    try:
+        return cmd, cmd.parse(line.argv[n:]), line
+    except HelpRequested as req:
+        ctx.write(req.text)
+        return None
+
+
+def run_command(ctx: Context, text: str) -> Any:
+    """Run one command line and return what the command returned (its records, unrendered):
+    the API under ``py``'s ``run(CMD)``. ``|`` and ``>`` are refused here: records are not
+    text."""
+    checked = _checked(text)
+    parsed = _parse(ctx, checked) if checked else None
+    if parsed is None:
+        return None
+    cmd, args, line = parsed
+    if line.pipe is not None or line.redirect is not None:
+        raise UsageError("run() returns records: '|' and '>' only apply to printed output",
+                         "drop them, or print the command's output instead")
+    return cmd.func(ctx, args)
+
+
+def execute_line(ctx: Context, text: str) -> None:
+    """Split, dispatch and run one command line, and present what it returns (text, or JSON
+    with ``--json``), to stdout, a file (``> FILE``) or a pipeline (``| CMD``); exceptions
+    propagate to the caller."""
+    checked = _checked(text)
+    parsed = _parse(ctx, checked) if checked else None
+    if parsed is None:
+        return
+    cmd, args, line = parsed
+    with output_to(ctx, line):
+        result = cmd.func(ctx, args)
+        present(result, ctx.stdout, as_json=bool(getattr(args, "json", False)),
+                color=ctx.use_color())
+
+
+@contextmanager
+def output_to(ctx: Context, line: Line) -> Iterator[None]:
+    """Point ``ctx.stdout`` at the line's ``> FILE`` (created 0600, never through a symlink,
+    ours alone) or ``| PIPELINE`` (``/bin/sh -c`` on the text the user typed: the one place
+    a shell runs) while the command runs; a pipeline that stops reading (``| head``) ends
+    the output quietly."""
+    if line.redirect is None and line.pipe is None:
+        yield
+        return
+    saved = ctx.out
+    ctx.flush()
+    if line.redirect is not None:
+        path = os.path.expanduser(line.redirect)
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if line.append else os.O_TRUNC)
         try:
-            args = cmd.parse(words[n:])
-        except HelpRequested as req:
-            ctx.write(req.text)
-            return
-    cmd.func(ctx, args)
+            fd = safefile.open_safe(path, flags, 0o600)
+        except OSError as exc:
+            raise UsageError(f"cannot write {safe_line(line.redirect)}: {exc.strerror}",
+                             "check the path") from None
+        stream = os.fdopen(fd, "w", encoding="utf-8", errors="surrogateescape")
+        ctx.out = stream
+        try:
+            yield
+        finally:
+            ctx.out = saved
+            stream.close()
+        return
+    assert line.pipe is not None
+    sink = sys.__stdout__ if sys.__stdout__ is not None else sys.stdout
+    proc = subprocess.Popen(["/bin/sh", "-c", line.pipe], stdin=subprocess.PIPE,  # noqa: S603
+                            stdout=sink, text=True, encoding="utf-8", errors="replace")
+    assert proc.stdin is not None
+    ctx.out = proc.stdin
+    try:
+        yield
+    except BrokenPipeError:
+        pass  # the pipeline stopped reading: as after `| head`, the output just ends
+    finally:
+        ctx.out = saved
+        try:
+            proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        proc.wait()
 
 
 def run_guarded(ctx: Context, action: Callable[[], Any]) -> bool:
