@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from bpflbr_shell.errors import UsageError
-from bpflbr_shell.render.present import Settings, Text
 from bpflbr_shell.shell.context import SETTINGS, Context, format_value
 from bpflbr_shell.shell.registry import (
     CATEGORIES,
@@ -17,6 +17,9 @@ from bpflbr_shell.shell.registry import (
 )
 from bpflbr_shell.shell.runner import run_file
 
+if TYPE_CHECKING:  # records load with the first command that returns one
+    from bpflbr_shell.render.present import Settings, Text
+
 
 def _complete_help(ctx: Context, words: list[str], prefix: str) -> list[tuple[str, str]]:
     return ctx.registry.next_words(words, prefix)
@@ -25,6 +28,8 @@ def _complete_help(ctx: Context, words: list[str], prefix: str) -> list[tuple[st
 @command("help", help="list commands, or show one command's options", complete=_complete_help)
 @argument("words", nargs="*", metavar="CMD", help="a command (several words for subcommands)")
 def cmd_help(ctx: Context, args: argparse.Namespace) -> Text:
+    from bpflbr_shell.render.present import Text
+
     registry = ctx.registry
     words: list[str] = args.words
     if not words:
@@ -108,6 +113,8 @@ def cmd_set(ctx: Context, args: argparse.Namespace) -> None:
 @argument("name", nargs="?", metavar="NAME", help="only this setting",
           completer=lambda ctx, prefix: sorted(SETTINGS))
 def cmd_show_settings(ctx: Context, args: argparse.Namespace) -> Settings:
+    from bpflbr_shell.render.present import Settings
+
     items = ctx.settings.items()
     if args.name is not None:
         ctx.settings.lookup(args.name)
@@ -123,4 +130,6 @@ def cmd_source(ctx: Context, args: argparse.Namespace) -> None:
 
 @command("echo", help="print the rest of the line verbatim (handy in scripts)", raw=True)
 def cmd_echo(ctx: Context, args: argparse.Namespace) -> Text:
+    from bpflbr_shell.render.present import Text
+
     return Text(args.text)

@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from bpflbr_shell.errors import NotFoundError
 from bpflbr_shell.kernel.selectors import SELECTOR_HELP, check_glob, parse_selector
 from bpflbr_shell.render import text as render
-from bpflbr_shell.render.present import Disassembly, Features, ProgDetails, Progs, Table, Text
 from bpflbr_shell.shell.context import Context
 from bpflbr_shell.shell.registry import argument, command
 from bpflbr_shell.symbols.kernel import kernel_symbolizer
+
+if TYPE_CHECKING:  # records load with the first command that returns one
+    from bpflbr_shell.render.present import Disassembly, Features, ProgDetails, Progs, Table, Text
 
 
 def complete_prog(ctx: Context, prefix: str) -> Iterable[tuple[str, str]]:
@@ -58,6 +61,8 @@ def complete_ksym(ctx: Context, prefix: str) -> Iterable[str]:
 @argument("selector", nargs="?", default="*", metavar="SEL", completer=complete_prog,
           help=f"program selector: {SELECTOR_HELP}")
 def cmd_show_progs(ctx: Context, args: argparse.Namespace) -> Progs:
+    from bpflbr_shell.render.present import Progs
+
     return Progs(ctx.kernel.select(args.selector, must_match=args.selector != "*"))
 
 
@@ -67,6 +72,7 @@ def cmd_show_progs(ctx: Context, args: argparse.Namespace) -> Progs:
           help=f"program selector: {SELECTOR_HELP}")
 def cmd_show_prog(ctx: Context, args: argparse.Namespace) -> ProgDetails:
     from bpflbr_shell.kernel.selectors import processes_holding
+    from bpflbr_shell.render.present import ProgDetails
 
     progs = ctx.kernel.select(args.selector)
     return ProgDetails([(p, processes_holding(p.id)) for p in progs],
@@ -84,6 +90,8 @@ def _ksym_cell(key: str, value: object) -> str:
 @argument("what", metavar="NAME|ADDR", completer=complete_ksym,
           help="symbol name (globs allowed) or address (0x...)")
 def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> Text | Table:
+    from bpflbr_shell.render.present import Table, Text
+
     kernel = ctx.kernel
     text: str = args.what
     rows: list[dict[str, object]] = []
@@ -127,6 +135,7 @@ def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> Text | Table:
 @argument("--intel", action="store_true", help="Intel syntax (default: AT&T)")
 def cmd_disasm_prog(ctx: Context, args: argparse.Namespace) -> Disassembly:
     from bpflbr_shell.render.disasm import disassemble_prog
+    from bpflbr_shell.render.present import Disassembly
 
     kernel = ctx.kernel
     prog = kernel.select_one(args.selector)
@@ -141,5 +150,6 @@ def cmd_disasm_prog(ctx: Context, args: argparse.Namespace) -> Disassembly:
          category="kernel")
 def cmd_show_features(ctx: Context, args: argparse.Namespace) -> Features:
     from bpflbr_shell.kernel import features
+    from bpflbr_shell.render.present import Features
 
     return Features(features.probe_features())

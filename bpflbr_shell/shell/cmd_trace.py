@@ -13,16 +13,9 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bpflbr_shell.errors import UsageError
-from bpflbr_shell.render.events import (
-    EndpointMap,
-    RenderOptions,
-    event_json,
-    render_event,
-)
-from bpflbr_shell.render.present import EventStream, Table, Text
 from bpflbr_shell.shell.cmd_show import complete_ksym, complete_prog
 from bpflbr_shell.shell.context import Context, parse_bool, register_setting
 from bpflbr_shell.shell.registry import argument, command, int_range
@@ -36,6 +29,10 @@ from bpflbr_shell.trace.session import (
     install_cleanup,
 )
 from bpflbr_shell.trace.spec import TraceSpec
+
+if TYPE_CHECKING:  # the renderers load with the first event or listing, not at start-up
+    from bpflbr_shell.render.events import EndpointMap, RenderOptions
+    from bpflbr_shell.render.present import EventStream, Table, Text
 
 register_setting("lbr-trim", True, "drop the tracer's own LBR entries (off: show all)",
                  parse_bool)
@@ -124,6 +121,8 @@ def parse_duration(text: str) -> float:
 def endpoint_map(ctx: Context, rt: Runtime, symbolize: Any) -> EndpointMap | None:
     """The shell's persistent :class:`EndpointMap`, emptied whenever the kernel symbolizer
     changes or drops its Locations (programs loaded or unloaded)."""
+    from bpflbr_shell.render.events import EndpointMap
+
     try:
         ksym = kernel_symbolizer(ctx.kernel)
     except Exception:
@@ -136,6 +135,8 @@ def endpoint_map(ctx: Context, rt: Runtime, symbolize: Any) -> EndpointMap | Non
 
 
 def render_options(ctx: Context, trace_opts: dict[str, Any] | None = None) -> RenderOptions:
+    from bpflbr_shell.render.events import RenderOptions
+
     opts = trace_opts or {}
     return RenderOptions(color=ctx.use_color(), lbr_trim=ctx.settings["lbr-trim"],
                          show_kstack=opts.get("kstack", False),
@@ -153,6 +154,8 @@ def options_for(rt: Runtime, event: Event, opts: RenderOptions) -> RenderOptions
 
 def print_event(ctx: Context, rt: Runtime, event: Event, as_json: bool,
                 opts: RenderOptions) -> None:
+    from bpflbr_shell.render.events import event_json, render_event
+
     session = rt.session
     opts = options_for(rt, event, opts)
     params = session.params_of(event)
@@ -353,6 +356,8 @@ def trace_spec(ctx: Context, kind: ProbeKind, args: argparse.Namespace) -> Trace
 
 def dry_run(ctx: Context, rt: Runtime, spec: TraceSpec) -> Text:
     """What ``spec`` would attach, and how; nothing is attached."""
+    from bpflbr_shell.render.present import Text
+
     plans, notes = rt.session.plan(spec)
     for note in notes:
         ctx.warn(note)
@@ -409,6 +414,8 @@ for _kind in KINDS:  # one command per row of the probe-kind table
 
 @command("trace list", help="list traces, running and stopped", category="tracing")
 def cmd_trace_list(ctx: Context, args: argparse.Namespace) -> Table:
+    from bpflbr_shell.render.present import Table
+
     rows = [{"id": t.id, "state": "running" if t.running else "stopped", "events": t.delivered,
              "spec": t.spec} for t in runtime(ctx).session.traces.values()]
     return Table(("ID", "STATE", "EVENTS", "SPEC"), ("id", "state", "events", "spec"), rows,
@@ -420,6 +427,8 @@ def cmd_trace_list(ctx: Context, args: argparse.Namespace) -> Table:
 @argument("id", nargs="?", type=int_range(1, None, "a trace id"),
           help="trace id (default: all)")
 def cmd_trace_stop(ctx: Context, args: argparse.Namespace) -> Text:
+    from bpflbr_shell.render.present import Text
+
     rt = runtime(ctx)
     traces = [rt.session.get(args.id)] if args.id else list(rt.session.traces.values())
     running = [t for t in traces if t.running]
@@ -445,6 +454,9 @@ def event_stream(ctx: Context, rt: Runtime, events: list[Event], opts: RenderOpt
                  one: bool = False) -> EventStream:
     """Stored events for the presenter: each rendered (text) or encoded (the fast JSON
     encoder ``trace --json`` uses) when written, never all at once."""
+    from bpflbr_shell.render.events import event_json, render_event
+    from bpflbr_shell.render.present import EventStream
+
     session = rt.session
 
     def text_of(e: Event) -> str:
@@ -483,6 +495,8 @@ STATS_KEYS = ("id", "hits", "delivered", "drops", "filtered", "pending", "lbr_er
 @command("show stats", help="per trace: hits = events + drops + filtered (+ pending), "
          "bytes, in-kernel time per event", category="events")
 def cmd_show_stats(ctx: Context, args: argparse.Namespace) -> Table:
+    from bpflbr_shell.render.present import Table
+
     rt = runtime(ctx)
     rows, notes = [], []
     for t in rt.session.traces.values():

@@ -10,7 +10,6 @@ import argparse
 import errno
 import os
 import re
-import subprocess
 import sys
 import traceback
 from collections.abc import Callable, Iterable, Iterator
@@ -19,7 +18,7 @@ from typing import Any
 
 from bpflbr_shell import safefile
 from bpflbr_shell.errors import ScriptError, UsageError, UserError
-from bpflbr_shell.render.present import present
+from bpflbr_shell.render.present import present  # loaded now: output must not need an fd
 from bpflbr_shell.render.text import safe_line
 from bpflbr_shell.shell.context import Context
 from bpflbr_shell.shell.lexer import Line, lex
@@ -101,8 +100,9 @@ def execute_line(ctx: Context, text: str) -> None:
     cmd, args, line = parsed
     with output_to(ctx, line):
         result = cmd.func(ctx, args)
-        present(result, ctx.stdout, as_json=bool(getattr(args, "json", False)),
-                color=ctx.use_color())
+        if result is not None:
+            present(result, ctx.stdout, as_json=bool(getattr(args, "json", False)),
+                    color=ctx.use_color())
 
 
 @contextmanager
@@ -132,6 +132,8 @@ def output_to(ctx: Context, line: Line) -> Iterator[None]:
             ctx.out = saved
             stream.close()
         return
+    import subprocess
+
     assert line.pipe is not None
     sink = sys.__stdout__ if sys.__stdout__ is not None else sys.stdout
     proc = subprocess.Popen(["/bin/sh", "-c", line.pipe], stdin=subprocess.PIPE,  # noqa: S603
