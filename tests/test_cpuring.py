@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import mmap
+import os
 import struct
 
 import pytest
@@ -151,3 +152,18 @@ def test_discard_gives_every_slot_back_and_counts_it(rings: AnonRings) -> None:
     assert rings.discard() == 0
     rings.publish(0, 9, 9)  # the slots are the probes' again
     assert [ts for ts, _, _ in drained(rings)] == [9]
+
+
+def test_cpu_lists_have_one_parser() -> None:
+    """The kernel's CPU list syntax, parsed in one place for online and possible CPUs (ring
+    count, LBR events); the running kernel's lists read back as what os and /proc say."""
+    from bpflbr_shell.kernel.perf import cpu_list, online_cpus, parse_cpu_list
+    from bpflbr_shell.trace.probes.base import possible_cpus
+
+    assert parse_cpu_list("0-3,6\n") == [0, 1, 2, 3, 6]
+    assert parse_cpu_list("0") == [0]
+    with pytest.raises(ValueError):
+        parse_cpu_list("0-x")
+    assert online_cpus() == sorted(os.sched_getaffinity(0)) or \
+        set(os.sched_getaffinity(0)) <= set(online_cpus())
+    assert possible_cpus() == max(cpu_list("possible")) + 1 >= len(online_cpus())

@@ -24,8 +24,8 @@ from bpflbr_shell.render.disasm import (
     disasm_to_json,
     disassemble_prog,
     render_disasm_text,
-    short_file,
 )
+from bpflbr_shell.render.text import short_file
 from bpflbr_shell.symbols.kernel import Symbolizer
 
 TESTS = Path(__file__).resolve().parent

@@ -52,8 +52,8 @@ from bpflbr_shell.render.events import (
     event_json,
     event_to_json,
     render_event,
-    short,
 )
+from bpflbr_shell.render.text import short_file as short
 from bpflbr_shell.symbols.kernel import USER_SPACE_END, Location, Symbolizer
 from bpflbr_shell.trace.events import (
     EV_EXIT,

@@ -12,6 +12,8 @@ import base64
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bpflbr_shell.errors import NotFoundError
+
 # enum bpf_prog_type, in uapi order (linux/bpf.h)
 PROG_TYPES = (
     "unspec", "socket_filter", "kprobe", "sched_cls", "sched_act", "tracepoint", "xdp",
@@ -146,6 +148,17 @@ class ProgInfo:
     @property
     def jited(self) -> bool:
         return self.jited_len > 0
+
+    def subprog(self, func: str | int) -> SubProg:
+        """The subprogram ``func`` names: its BTF name, its ksym name or its index; the one
+        lookup ``disasm prog`` and ``trace prog`` share."""
+        key = str(func)
+        for sp in self.subprogs:
+            if key in (sp.name, sp.ksym) or (key.isdigit() and int(key) == sp.index):
+                return sp
+        avail = ", ".join(f"{sp.index}:{sp.name}" for sp in self.subprogs) or "none"
+        raise NotFoundError(f"prog {self.id} has no function '{key}' (available: {avail})",
+                            f"name one of its functions: {avail}")
 
     def subprog_at(self, addr: int) -> SubProg | None:
         for sp in self.subprogs:

@@ -219,21 +219,31 @@ def lbr_attr(branch_bits: int, kernel: bool = True, user: bool = False) -> PerfE
     return attr
 
 
-def online_cpus() -> list[int]:
-    """CPUs listed in /sys/devices/system/cpu/online (``0-3,6``); os.cpu_count() as fallback."""
-    try:
-        with open("/sys/devices/system/cpu/online") as f:
-            text = f.read().strip()
-    except OSError:
-        return list(range(os.cpu_count() or 1))
+def parse_cpu_list(text: str) -> list[int]:
+    """A kernel CPU list (``0-3,6``: /sys/devices/system/cpu/online, ``possible``) as CPU
+    ids; ValueError when it is not one."""
     cpus: list[int] = []
-    for part in text.split(","):
+    for part in text.strip().split(","):
         if "-" in part:
             lo, hi = part.split("-")
             cpus.extend(range(int(lo), int(hi) + 1))
         elif part:
             cpus.append(int(part))
     return cpus
+
+
+def cpu_list(which: str) -> list[int]:
+    """``online`` or ``possible`` CPUs from /sys; ``range(os.cpu_count())`` if unreadable."""
+    try:
+        with open(f"/sys/devices/system/cpu/{which}") as f:
+            return parse_cpu_list(f.read())
+    except (OSError, ValueError):
+        return list(range(os.cpu_count() or 1))
+
+
+def online_cpus() -> list[int]:
+    """CPUs listed in /sys/devices/system/cpu/online (``0-3,6``); os.cpu_count() as fallback."""
+    return cpu_list("online")
 
 
 def explain_lbr_errno(err: int, branch_bits: int) -> tuple[str, str | None]:

@@ -16,14 +16,13 @@ Why it is built this way:
 
 from __future__ import annotations
 
-import posixpath
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 from bpflbr_shell.errors import FeatureError, KernelDataError, NotFoundError, PrivilegeError
 from bpflbr_shell.kernel.model import LineInfo, ProgInfo, SubProg
-from bpflbr_shell.render.text import safe
+from bpflbr_shell.render.text import RESET, safe, sgr, short_file
 
 if TYPE_CHECKING:
     from bpflbr_shell.symbols.kernel import Location
@@ -85,14 +84,7 @@ class DisasmFunc:
 
 def select_subprogs(prog: ProgInfo, func: str | int | None) -> list[SubProg]:
     """The subprograms ``func`` names: BTF name, ksym name or index (``None`` = all)."""
-    if func is None:
-        return list(prog.subprogs)
-    key = str(func)
-    for sp in prog.subprogs:
-        if key in (sp.name, sp.ksym) or (key.isdigit() and int(key) == sp.index):
-            return [sp]
-    avail = ", ".join(f"{sp.index}:{sp.name}" for sp in prog.subprogs) or "none"
-    raise NotFoundError(f"prog {prog.id} has no subprogram {key!r} (available: {avail})")
+    return list(prog.subprogs) if func is None else [prog.subprog(func)]
 
 
 def _check_jited(prog: ProgInfo) -> None:
@@ -243,24 +235,16 @@ def disassemble_prog(
 
 # ---- rendering ------------------------------------------------------------------------------
 
-_RESET = "\x1b[0m"
 _STYLE = {
-    "header": "\x1b[1;33m",  # bold yellow: function names
-    "source": "\x1b[32m",  # green: source lines
-    "offset": "\x1b[2m",  # dim: addresses and offsets
-    "mnemonic": "\x1b[1m",
-    "comment": "\x1b[36m",  # cyan: symbol annotations
-    "bad": "\x1b[1;31m",
+    "header": sgr("bold", "yellow"),  # function names
+    "source": sgr("green"),  # source lines
+    "offset": sgr("dim"),  # addresses and offsets
+    "mnemonic": sgr("bold"),
+    "comment": sgr("cyan"),  # symbol annotations
+    "bad": sgr("bold", "red"),
 }
 _MNEMONIC_MIN = 6  # "call   ": the familiar objdump/gdb gap
 _OPERAND_MAX = 44  # beyond this, comments stop aligning rather than drifting far right
-
-
-def short_file(path: str) -> str:
-    """A file name for a listing: absolute paths (``/virtual/main.c``, a build host's tree)
-    shrink to their basename; relative ones (kernel ``kernel/bpf/helpers.c``) already read well.
-    The full path stays in the JSON."""
-    return posixpath.basename(path) if path.startswith("/") else path
 
 
 def _where(file: str | None, line: int | None, col: int | None = None) -> str:
@@ -324,7 +308,7 @@ def render_disasm_text(funcs: list[DisasmFunc], color: bool = False) -> str:
     """
 
     def paint(kind: str, text: str) -> str:
-        return f"{_STYLE[kind]}{text}{_RESET}" if color and text else text
+        return f"{_STYLE[kind]}{text}{RESET}" if color and text else text
 
     every = [i for fn in funcs for i in fn.insns]
     w_hex = max((len(f"{i.offset:x}") for i in every), default=1)
@@ -366,12 +350,7 @@ def render_disasm_text(funcs: list[DisasmFunc], color: bool = False) -> str:
 
 
 def _loc_json(loc: Location | None) -> dict[str, Any] | None:
-    if loc is None:
-        return None
-    return {
-        key: getattr(loc, key, None)
-        for key in ("addr", "func", "offset", "module", "file", "line", "col", "kind")
-    }
+    return loc.to_json() if loc is not None else None
 
 
 def _line_json(li: LineInfo) -> dict[str, Any]:

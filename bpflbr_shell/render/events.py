@@ -7,7 +7,6 @@ code renders live events and, later, recorded ones.
 from __future__ import annotations
 
 import json
-import posixpath
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -16,8 +15,8 @@ from json.encoder import encode_basestring_ascii as _encode_str
 from typing import Any
 
 from bpflbr_shell.kernel.values import Signature, ValueType, as_signature, format_str
-from bpflbr_shell.render.text import CYAN, DIM, GREEN, YELLOW, paint, safe
-from bpflbr_shell.symbols.kernel import Location
+from bpflbr_shell.render.text import CYAN, DIM, GREEN, YELLOW, paint, safe, short_file
+from bpflbr_shell.symbols.kernel import USER_SPACE_END, Location
 from bpflbr_shell.symbols.user import UNMAPPED
 from bpflbr_shell.trace import lbr as lbrmod
 from bpflbr_shell.trace.events import RET_STR, CapturedStr, Event
@@ -127,7 +126,7 @@ def _endpoint(loc: Location) -> Endpoint:
     where = f"{safe(loc.func)}+{loc.offset:#x}" if loc.func else f"{loc.addr:#x}"
     source = ""
     if loc.file and loc.line:
-        source = f"{safe(short(loc.file))}:{loc.line}"
+        source = f"{safe(short_file(loc.file))}:{loc.line}"
     return Endpoint.of(loc.func, where, source)
 
 
@@ -167,20 +166,11 @@ class EndpointMap(dict):
 
     def __missing__(self, addr: int) -> Endpoint:
         ep = endpoint_of(self.symbolize(self.event, addr))
-        if addr >= lbrmod.USER_SPACE_END:
+        if addr >= USER_SPACE_END:
             if len(self) >= _ENDPOINTS_LIMIT:
                 self.clear()
             self[addr] = ep
         return ep
-
-
-def short(path: str) -> str:
-    """A file name for an LBR row, spelled as the seed and the disassembly spell it: relative
-    paths (kernel ``arch/x86/kernel/rethook.c``, ``examples/lbrdemo.bpf.c``) stay whole, absolute
-    ones (BCC's ``/virtual/main.c``, a user binary's DWARF) shrink to their basename. Keeping only
-    the last two components turned ``arch/x86/kernel/rethook.c`` into a ``kernel/rethook.c`` that
-    does not exist. The full path stays in the JSON."""
-    return posixpath.basename(path) if path.startswith("/") else path
 
 
 def render_event(event: Event, symbolize: Symbolize, opts: RenderOptions,
@@ -231,7 +221,7 @@ def user_frames(event: Event, symbolize: Symbolize) -> tuple[list[Location], int
     frames = []
     for n, addr in enumerate(event.ustack):
         loc = symbolize(event, addr)
-        if loc.kind == UNMAPPED or addr >= lbrmod.USER_SPACE_END:
+        if loc.kind == UNMAPPED or addr >= USER_SPACE_END:
             return frames, len(event.ustack) - n
         frames.append(loc)
     return frames, 0
@@ -256,8 +246,7 @@ def frame_text(loc: Location) -> str:
 
 
 def location_json(loc: Location) -> dict[str, Any]:
-    return {"addr": loc.addr, "func": loc.func, "offset": loc.offset, "file": loc.file,
-            "line": loc.line, "col": loc.col, "kind": loc.kind, "module": loc.module}
+    return loc.to_json()
 
 
 def event_to_json(event: Event, symbolize: Symbolize, opts: RenderOptions,

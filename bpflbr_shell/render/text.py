@@ -14,8 +14,22 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # annotations only
     from bpflbr_shell.kernel.model import ProgInfo, SubProg
 
-RESET, BOLD, DIM, CYAN, GREEN, YELLOW, RED = (
-    "\x1b[0m", "\x1b[1m", "\x1b[2m", "\x1b[36m", "\x1b[32m", "\x1b[33m", "\x1b[31m")
+#: The one colour table (SGR parameters by name): text, events, disassembly and the shell's
+#: warning and error labels all paint with it.
+SGR = {
+    "bold": "1", "dim": "2", "underline": "4", "red": "31", "green": "32", "yellow": "33",
+    "blue": "34", "magenta": "35", "cyan": "36", "gray": "90",
+}
+
+
+def sgr(*styles: str) -> str:
+    """The escape sequence that turns ``styles`` on (``sgr("bold", "yellow")``)."""
+    return f"\x1b[{';'.join(SGR[s] for s in styles)}m"
+
+
+RESET = "\x1b[0m"
+BOLD, DIM, CYAN, GREEN, YELLOW, RED = (sgr("bold"), sgr("dim"), sgr("cyan"), sgr("green"),
+                                       sgr("yellow"), sgr("red"))
 
 
 _NAMED_ESCAPES = {"\n": "\\n", "\r": "\\r"}
@@ -84,7 +98,11 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]], color: bool 
 
 
 def short_file(path: str) -> str:
-    """``/virtual/main.c`` -> ``main.c``; kernel-relative paths stay as they are."""
+    """A file name as listings, LBR rows and stacks spell it: relative paths (kernel
+    ``arch/x86/kernel/rethook.c``, ``examples/lbrdemo.bpf.c``) stay whole, absolute ones
+    (BCC's ``/virtual/main.c``, a user binary's DWARF) shrink to their basename. Keeping only
+    the last two components turned ``arch/x86/kernel/rethook.c`` into a ``kernel/rethook.c``
+    that does not exist. The full path stays in the JSON."""
     return os.path.basename(path) if path.startswith("/") else path
 
 

@@ -106,9 +106,7 @@ def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> Text | Table:
         loc = kernel_symbolizer(kernel).symbolize(addr)
         if loc.func is None:
             raise NotFoundError(f"no kernel or BPF symbol contains {addr:#x}")
-        rows.append({"addr": addr, "symbol": loc.func, "offset": loc.offset,
-                     "module": loc.module, "kind": loc.kind, "file": loc.file,
-                     "line": loc.line, "col": loc.col, "where": loc.format()})
+        rows.append({**loc.to_json(), "symbol": loc.func, "where": loc.format()})
         return Text(f"{addr:#x}  {loc.format()}", data=rows)
     names = ([text] if not any(c in text for c in "*?[")
              else kernel.kallsyms.names_matching(check_glob(text), limit=500))

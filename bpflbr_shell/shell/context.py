@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TextIO
 
 from bpflbr_shell.errors import FeatureError, UsageError
-from bpflbr_shell.render.text import safe_line
+from bpflbr_shell.render.text import SGR, safe_line
 
 if TYPE_CHECKING:
     from bpflbr_shell.shell.registry import Registry
@@ -129,10 +129,7 @@ class Settings:
 
 # -- colour --------------------------------------------------------------------------------
 
-_SGR = {
-    "bold": "1", "dim": "2", "underline": "4", "red": "31", "green": "32", "yellow": "33",
-    "blue": "34", "magenta": "35", "cyan": "36", "gray": "90",
-}
+_SGR = SGR  # render.text owns the colour table
 
 
 # -- the context ---------------------------------------------------------------------------

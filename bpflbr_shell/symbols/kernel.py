@@ -61,6 +61,12 @@ class Location:
             out += f" ({pos})"
         return out
 
+    def to_json(self) -> dict[str, object]:
+        """The one JSON shape of a location (events' LBR rows and stacks, disassembly
+        targets, ``show ksym ADDR``)."""
+        return {"addr": self.addr, "func": self.func, "offset": self.offset, "file": self.file,
+                "line": self.line, "col": self.col, "kind": self.kind, "module": self.module}
+
     def __str__(self) -> str:
         return self.format()
 

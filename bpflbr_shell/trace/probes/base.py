@@ -55,12 +55,9 @@ def capture_options(spec: TraceSpec, ustack: bool | None = None,
 
 def possible_cpus() -> int:
     """How many CPU ids the kernel may use (one event ring each): /sys's ``possible`` range."""
-    try:
-        with open("/sys/devices/system/cpu/possible") as f:
-            text = f.read().strip()
-        return max(int(part.split("-")[-1]) for part in text.split(",")) + 1
-    except (OSError, ValueError):
-        return os.cpu_count() or 1
+    from bpflbr_shell.kernel.perf import cpu_list
+
+    return max(cpu_list("possible"), default=0) + 1
 
 
 def stack_knobs(capture: CaptureOptions, lbr_on: bool) -> dict[str, int]:

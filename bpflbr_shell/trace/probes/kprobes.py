@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import fnmatch
-import os
 import re
 import threading
 from collections.abc import Callable, Iterable
@@ -317,11 +316,9 @@ class KprobeTracer(ProbeTracer):
                                "use --backend fentry or --backend kprobe") from None
 
     def detach(self) -> None:
-        for fd in [*self._links, *self._fds]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        from bpflbr_shell.kernel.perf import close_all
+
+        close_all([*self._links, *self._fds])
         self._links, self._fds = [], []
 
     def prog_fds(self) -> list[int]:

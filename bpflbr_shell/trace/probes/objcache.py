@@ -26,6 +26,7 @@ from typing import Any
 
 from bpflbr_shell import safefile
 from bpflbr_shell.kernel import libbpf
+from bpflbr_shell.kernel.perf import close_all
 from bpflbr_shell.trace.probes import bccprog
 from bpflbr_shell.trace.probes.progobj import (
     RUNTIME_KNOBS,
@@ -214,8 +215,7 @@ class CachedObject(ProbeObject):
                 fds.append(libbpf.map_create(spec.type, spec.name, spec.key_size,
                                              spec.value_size, spec.max_entries, spec.flags))
         except BaseException:
-            for fd in fds:
-                os.close(fd)
+            close_all(fds)
             raise
         self._map_fds = fds
         self._funcs = {name: (set_imms(insns, [(pc, fds[imm(insns, pc)])
@@ -234,11 +234,7 @@ class CachedObject(ProbeObject):
             raise ValueError(f"the program has no function {name}") from None
 
     def _release(self) -> None:
-        for fd in self._map_fds:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        close_all(self._map_fds)
         self._map_fds = []
 
 

@@ -19,7 +19,7 @@ from functools import cache
 from bpflbr_shell.errors import FeatureError, UsageError, UserError
 from bpflbr_shell.kernel import libbpf
 from bpflbr_shell.kernel.btf import Btf
-from bpflbr_shell.kernel.model import ProgInfo, SubProg
+from bpflbr_shell.kernel.model import ProgInfo
 from bpflbr_shell.kernel.values import Signature
 from bpflbr_shell.trace.events import MAX_ARGS, Event
 from bpflbr_shell.trace.lbr import AddrRange
@@ -59,22 +59,12 @@ def prog_target(prog: ProgInfo, func: str | None) -> TracingTarget:
                          "fentry/fexit needs the target's BTF func info: load it with BTF")
     if not prog.jited:
         raise FeatureError(f"prog {prog.id} is not JITed", "sysctl net.core.bpf_jit_enable=1")
-    sub = _subprog(prog, func)
+    sub = prog.subprogs[0] if func is None else prog.subprog(func)
     btf = Btf.parse(prog.raw.btf)
     params = tuple(name or f"arg{i}" for i, (name, _) in
                    enumerate(btf.func_params(sub.btf_type_id)))
     return TracingTarget(sub.name, sub.btf_type_id, params, prog.id, sub.addr, sub.size,
                          signature=btf.func_signature(sub.btf_type_id))
-
-
-def _subprog(prog: ProgInfo, func: str | None) -> SubProg:
-    if func is None:
-        return prog.subprogs[0]
-    for sp in prog.subprogs:
-        if func in (sp.name, sp.ksym) or func == str(sp.index):
-            return sp
-    names = ", ".join(sp.name for sp in prog.subprogs)
-    raise UsageError(f"prog {prog.id} has no function '{func}'", f"its functions: {names}")
 
 
 @cache
@@ -183,11 +173,9 @@ class TracingTracer(ProbeTracer):
                 "this libbpf fell back to RAW_TRACEPOINT_OPEN; upgrade libbpf or the kernel")
 
     def detach(self) -> None:
-        for fd in [*self._links, *self._fds, *self._target_fds.values()]:
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        from bpflbr_shell.kernel.perf import close_all
+
+        close_all([*self._links, *self._fds, *self._target_fds.values()])
         self._links, self._fds, self._target_fds = [], [], {}
 
     def prog_fds(self) -> list[int]:
