@@ -11,6 +11,7 @@ import ctypes
 import os
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 from bpflbr_shell.errors import KernelDataError, NotFoundError
 from bpflbr_shell.kernel import libbpf
@@ -123,6 +124,30 @@ def read_btf_blob(btf_id: int) -> bytes:
         return bytes(buf)[: info.btf_size]
     finally:
         os.close(fd)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgHeader:
+    """What one ``bpf_obj_get_info_by_fd`` call without arrays tells: enough to name a
+    program (completion) without reading its images, line info and BTF."""
+
+    id: int
+    type_name: str
+    name: str  # the kernel's 15-character name
+    tag: str
+    load_time: int
+
+
+def read_prog_header(prog_id: int) -> ProgHeader:
+    fd = libbpf.prog_fd_by_id(prog_id)
+    try:
+        info = libbpf.BpfProgInfo()
+        libbpf.obj_info(fd, info, "reading BPF program info")
+    finally:
+        os.close(fd)
+    return ProgHeader(info.id, prog_type_name(info.type),
+                      bytes(info.name).split(b"\0", 1)[0].decode("utf-8", "replace"),
+                      bytes(info.tag).hex(), info.load_time)
 
 
 def read_raw_prog_info(prog_id: int) -> RawProgInfo:

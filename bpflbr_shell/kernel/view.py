@@ -55,6 +55,22 @@ class KernelView:
             w.add_prog(info)
         return info
 
+    def prog_names(self) -> list[tuple[int, str, str, str]]:
+        """(id, type, name, tag) of every program, from one header read each: the full C
+        name where the program was decoded before, else the kernel's short name. For
+        completion, which runs at every Tab."""
+        out = []
+        for prog_id in self.prog_ids():
+            try:
+                h = progs.read_prog_header(prog_id)
+            except NotFoundError:
+                continue
+            known = self._progs.get(prog_id)
+            name = known.func_name if known is not None and known.tag == h.tag and \
+                known.load_time_ns == h.load_time else h.name
+            out.append((h.id, h.type_name, name, h.tag))
+        return out
+
     def progs(self) -> list[ProgInfo]:
         out: list[ProgInfo] = []
         live = set()

@@ -24,17 +24,16 @@ if TYPE_CHECKING:  # records load with the first command that returns one
 def complete_prog(ctx: Context, prefix: str) -> Iterable[tuple[str, str]]:
     """Prog ids and names (with ``name:`` / ``tag:`` forms) for selector arguments."""
     try:
-        progs = ctx.kernel.progs()
+        names = ctx.kernel.prog_names()  # headers only: no images, lines or BTF per Tab
     except Exception:  # completion must never raise into the prompt
         return []
     out: list[tuple[str, str]] = []
-    for p in progs:
-        meta = f"{p.type_name} {p.func_name}"
-        out.append((str(p.id), meta))
-        if _bare_name_selects(p.func_name):  # a prog named "99" is name:99, not id 99
-            out.append((p.func_name, f"id {p.id}"))
-        out.append((f"name:{p.func_name}", f"id {p.id}"))
-        out.append((f"tag:{p.tag}", f"id {p.id}"))
+    for prog_id, type_name, name, tag in names:
+        out.append((str(prog_id), f"{type_name} {name}"))
+        if _bare_name_selects(name):  # a prog named "99" is name:99, not id 99
+            out.append((name, f"id {prog_id}"))
+        out.append((f"name:{name}", f"id {prog_id}"))
+        out.append((f"tag:{tag}", f"id {prog_id}"))
     return out
 
 

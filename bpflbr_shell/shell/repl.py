@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prompt_toolkit import PromptSession
+from prompt_toolkit.completion import ThreadedCompleter
 from prompt_toolkit.history import History, InMemoryHistory
 from prompt_toolkit.patch_stdout import StdoutProxy
 
@@ -106,7 +107,8 @@ def make_session(ctx: Context, history: History | None = None, **kwargs: Any) ->
     return PromptSession(
         PROMPT,
         history=history if history is not None else open_history(history_path(), ctx),
-        completer=ShellCompleter(ctx),
+        # in a thread: a slow hook (kallsyms on first use) never freezes the prompt
+        completer=ThreadedCompleter(ShellCompleter(ctx)),
         complete_while_typing=False,
         enable_history_search=False,
         **kwargs,
