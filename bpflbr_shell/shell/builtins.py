@@ -6,6 +6,7 @@ import argparse
 from typing import TYPE_CHECKING
 
 from bpflbr_shell.errors import UsageError
+from bpflbr_shell.shell import preconditions
 from bpflbr_shell.shell.context import SETTINGS, Context, format_value
 from bpflbr_shell.shell.registry import (
     CATEGORIES,
@@ -36,7 +37,7 @@ def cmd_help(ctx: Context, args: argparse.Namespace) -> Text:
         cmds = registry.commands()
         return Text(_grouped(ctx, cmds)
                     + "\n\nType 'help CMD' for a command's options; 'CMD -h' works too.",
-                    data=[_doc(c) for c in cmds])
+                    data=[_doc(ctx, c) for c in cmds])
     subs = registry.subcommands(words)
     cmd = registry.get(" ".join(words))
     if cmd is None and not subs:
@@ -48,17 +49,21 @@ def cmd_help(ctx: Context, args: argparse.Namespace) -> Text:
         parts.append(cmd.parser.format_help().rstrip("\n"))
         if cmd.aliases:
             parts.append(f"\naliases: {', '.join(cmd.aliases)}")
+        missing = _unmet(ctx, cmd)
+        if missing is not None:
+            parts.append(f"\nunavailable here: {missing}")
     if subs:
         if cmd is not None:
             parts.append("")
         parts.append(f"'{' '.join(words)}' subcommands:")
         parts.append(_rows(ctx, subs))
-    return Text("\n".join(parts), data=[_doc(c) for c in ([cmd] if cmd else []) + subs])
+    return Text("\n".join(parts), data=[_doc(ctx, c) for c in ([cmd] if cmd else []) + subs])
 
 
-def _doc(cmd: Command) -> dict[str, object]:
+def _doc(ctx: Context, cmd: Command) -> dict[str, object]:
     return {"name": cmd.name, "help": cmd.help, "aliases": list(cmd.aliases),
-            "category": cmd.category, "usage": cmd.parser.one_line_usage()}
+            "category": cmd.category, "usage": cmd.parser.one_line_usage(),
+            "requires": list(cmd.requires), "unavailable": _unmet(ctx, cmd)}
 
 
 def _grouped(ctx: Context, cmds: list[Command]) -> str:
@@ -79,7 +84,16 @@ def _label(cmd: Command) -> str:
 def _rows(ctx: Context, cmds: list[Command], width: int = 0) -> str:
     width = width or max((len(_label(c)) for c in cmds), default=0)
     return "\n".join(f"  {ctx.style(_label(c).ljust(width), 'bold')}  {c.help}".rstrip()
+                     + (ctx.style("  [unavailable here]", "dim") if _unmet(ctx, c) else "")
                      for c in cmds)
+
+
+def _unmet(ctx: Context, cmd: Command) -> str | None:
+    """Why this machine cannot run ``cmd`` (from kernel/features.py), or None."""
+    if not cmd.requires:
+        return None
+    err = preconditions.unmet(ctx, cmd)
+    return str(err) if err is not None else None
 
 
 @command("quit", help="leave the shell", aliases=("exit",))

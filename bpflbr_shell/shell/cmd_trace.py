@@ -405,7 +405,7 @@ def _trace_command(kind: ProbeKind) -> None:
                    nargs="+" if kind.target.many else None, completer=completer,
                    help=kind.target.help)(_common_trace_args(run))
     command(f"trace {kind.name}", help=kind.help, build=_kind_options(kind),
-            category="tracing")(cmd)
+            category="tracing", requires=kind.requires, precheck=False)(cmd)
 
 
 for _kind in KINDS:  # one command per row of the probe-kind table

@@ -176,6 +176,11 @@ class Command:
     json: bool = False
     raw: bool = False
     category: str = "shell"
+    # features (kernel/features.py names) the command needs; "a|b" when either will do
+    requires: tuple[str, ...] = ()
+    # checked by the runner before the command runs; off for commands that check their
+    # own way (a trace says why each backend it tried is missing, after the user's input)
+    precheck: bool = True
     _parser: CommandParser | None = field(default=None, repr=False)
 
     @property
@@ -237,14 +242,16 @@ class Registry:
                 aliases: Iterable[str] = (), build: ParserBuilder | None = None,
                 completers: dict[str, ValueCompleter] | None = None,
                 complete: CommandCompleter | None = None, json: bool | None = None,
-                raw: bool = False, category: str = "shell",
-                ) -> Callable[[CommandFunc], Command]:
+                raw: bool = False, category: str = "shell", requires: Iterable[str] = (),
+                precheck: bool = True) -> Callable[[CommandFunc], Command]:
         """Decorator registering ``fn(ctx, args)`` as command ``name``.
 
         The function returns a record (render/present.py) or None; ``--json`` (added to every
         command but ``raw`` ones) makes the presenter write it as JSON. ``raw`` commands get
         the rest of the line verbatim as ``args.text`` (no shlex, no ``|`` or ``>``), for
-        things like ``py EXPR``. ``category`` groups it in ``help``.
+        things like ``py EXPR``. ``category`` groups it in ``help``. ``requires`` names the
+        features it needs (``"tracing-prog"``, ``"kprobes|kprobe-multi"`` for either): the
+        runner refuses it, and ``help`` marks it, where they are missing (shell/preconditions.py).
         """
 
         def decorate(func: CommandFunc) -> Command:
@@ -264,6 +271,8 @@ class Registry:
                 json=not raw if json is None else json,
                 raw=raw,
                 category=category,
+                requires=tuple(requires),
+                precheck=precheck,
             )
             self.add(cmd)
             return cmd

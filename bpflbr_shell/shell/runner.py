@@ -20,6 +20,7 @@ from bpflbr_shell import safefile
 from bpflbr_shell.errors import ScriptError, UsageError, UserError
 from bpflbr_shell.render.present import present  # loaded now: output must not need an fd
 from bpflbr_shell.render.text import safe_line
+from bpflbr_shell.shell import preconditions
 from bpflbr_shell.shell.context import Context
 from bpflbr_shell.shell.lexer import Line, lex
 from bpflbr_shell.shell.registry import Command, HelpRequested, UnknownCommandError
@@ -86,6 +87,8 @@ def run_command(ctx: Context, text: str) -> Any:
     if line.pipe is not None or line.redirect is not None:
         raise UsageError("run() returns records: '|' and '>' only apply to printed output",
                          "drop them, or print the command's output instead")
+    if cmd.requires and cmd.precheck:
+        preconditions.check(ctx, cmd)
     return cmd.func(ctx, args)
 
 
@@ -98,6 +101,8 @@ def execute_line(ctx: Context, text: str) -> None:
     if parsed is None:
         return
     cmd, args, line = parsed
+    if cmd.requires and cmd.precheck:
+        preconditions.check(ctx, cmd)
     with output_to(ctx, line):
         result = cmd.func(ctx, args)
         if result is not None:

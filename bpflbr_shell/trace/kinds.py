@@ -45,6 +45,8 @@ class ProbeKind:
     source: str  # its C, in bpf/
     target: Target
     options: tuple[Option, ...] = ()
+    # features (kernel/features.py) a trace of this kind needs; "a|b": either will do
+    requires: tuple[str, ...] = ()
 
     def planner(self) -> Planner:
         planner: Planner = importlib.import_module(self.module).plan
@@ -56,16 +58,15 @@ _USER = Target("BINARY:SYMBOL", "binary (path, command or library) and a functio
 _STR = Option("str", "copy these values as C strings (62 bytes at most, escaped): ret, "
               "arg0..arg5, comma-separated; DWARF-typed char * args and retvals are copied "
               "without it", flag=False, metavar="WHICH")
-_STR_ENTRY = Option("str", "copy these args as C strings (62 bytes at most, escaped): "
-                    "arg0..arg5, comma-separated; DWARF-typed char * args are copied without "
-                    "it", flag=False, metavar="WHICH")
 BACKENDS = ("auto", "multi", "fentry", "kprobe")
 
 KINDS: tuple[ProbeKind, ...] = (
     ProbeKind("uretprobe", "trace returns of user functions (retval, args, duration)",
-              "bpflbr_shell.trace.probes.uprobe", "uprobe.c", _USER, (_STR,)),
+              "bpflbr_shell.trace.probes.uprobe", "uprobe.c", _USER, (_STR,),
+              requires=("uprobes",)),
     ProbeKind("uprobe", "trace calls of user functions (args)",
-              "bpflbr_shell.trace.probes.uprobe", "uprobe.c", _USER, (_STR_ENTRY,)),
+              "bpflbr_shell.trace.probes.uprobe", "uprobe.c", _USER, (_STR,),
+              requires=("uprobes",)),
     ProbeKind("prog", "fentry/fexit on BPF programs: args, retval and LBR inside them",
               "bpflbr_shell.trace.probes.tracing", "fentry.c",
               Target("SEL[:FUNC]", "program selector, optionally :subprogram (default: the "
@@ -73,7 +74,8 @@ KINDS: tuple[ProbeKind, ...] = (
               (Option("entry", "fentry: events on entry (args)", group="direction"),
                Option("exit", "fexit: events on return (args, retval; the default)",
                       group="direction"),
-               Option("both", "fentry and fexit (durations on exit)", group="direction"))),
+               Option("both", "fentry and fexit (durations on exit)", group="direction")),
+              requires=("tracing-prog",)),
     ProbeKind("kfunc", "kernel functions: kprobe.multi (default), fentry or kprobes",
               "bpflbr_shell.trace.probes.kprobes", "kprobe.c",
               Target("GLOB", "kernel function names or globs, e.g. 'tcp_v4_*'", many=True,
@@ -82,7 +84,8 @@ KINDS: tuple[ProbeKind, ...] = (
                       flag=False, choices=BACKENDS, default="auto"),
                Option("exit", "events on return (retval; duration except with the fentry "
                       "backend)"),
-               Option("dry_run", "list what would be attached, and how"))),
+               Option("dry_run", "list what would be attached, and how")),
+              requires=("kprobes|kprobe-multi|tracing-prog",)),
 )
 BY_NAME = {k.name: k for k in KINDS}
 

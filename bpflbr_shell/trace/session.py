@@ -352,20 +352,39 @@ class Session:
                 trace = self.start(spec, plan, printq)
                 break
             except UserError as exc:  # this kernel lacks or refuses the backend: the next
-                reasons.append(f"{plan.backend}: {exc.problem}")
+                missing = self._missing(plan)
+                problem = missing.detail if missing is not None else exc.problem
+                reasons.append(f"{plan.backend}: {problem}")
                 if i == len(plans) - 1:
                     if len(reasons) > 1:
                         raise FeatureError(f"no backend can trace {spec.kind} targets here: "
                                            + "; ".join(reasons), "see 'show features'") from None
+                    if missing is not None:
+                        raise FeatureError(f"{plan.spec_text}: {missing.name} is not available "
+                                           f"here ({missing.detail})",
+                                           (f"{missing.fix}; " if missing.fix else "")
+                                           + "see 'show features'") from None
                     raise
-                self.notify(f"{plan.backend} unavailable ({exc.problem}); "
-                            "trying the next backend")
+                self.notify(f"{plan.backend} unavailable ({problem}); trying the next backend")
         if on_attached is not None:
             on_attached(trace)
         if plan.attached is not None:
             plan.attached()
         self.run_reader(trace, on_end)
         return trace
+
+    def _missing(self, plan: TracePlan) -> Any:
+        """The plan's feature row when kernel/features.py says it is missing here (it alone
+        says why), else None."""
+        if not plan.requires:
+            return None
+        try:
+            from bpflbr_shell.kernel import features
+
+            (row,) = features.probe_features([plan.requires])
+        except Exception:  # noqa: BLE001 - the attach error stands
+            return None
+        return None if row.available else row
 
     def start(self, spec: TraceSpec, plan: TracePlan, printq: bool = False) -> Trace:
         """Attach one plan (a failed start leaves nothing attached) and set its trace up:

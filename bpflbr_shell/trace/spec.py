@@ -84,6 +84,9 @@ class TracePlan:
     signature_of: Callable[[str | None], Signature | None] | None = None
     # once the probes are in, before events are read (the events wait in the rings)
     attached: Callable[[], None] | None = None
+    # the feature (kernel/features.py) this plan needs: when attaching fails and it is
+    # missing, features' sentence says why (nothing is checked when attaching works)
+    requires: str = ""
 
 
 @dataclass

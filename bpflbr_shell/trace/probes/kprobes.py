@@ -374,7 +374,7 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
     return [TracePlan(make=make_for(b), spec_text=f"{base} --backend {b}",
                       summary=f"{b} on {len(funcs)} kernel function(s): {shown}", backend=b,
                       targets=listed, source=source, signature_of=signature_of,
-                      attached=attached)
+                      attached=attached, requires=BACKEND_FEATURES[b])
             for b in plan_backends(spec.option("backend", "auto"))]
 
 
@@ -391,6 +391,9 @@ def once(make: Callable[[], Any]) -> Callable[[], Any]:
             return box[0]
 
     return get
+
+
+BACKEND_FEATURES = {"multi": "kprobe-multi", "fentry": "tracing-prog", "kprobe": "kprobes"}
 
 
 def plan_backends(choice: str) -> list[str]:

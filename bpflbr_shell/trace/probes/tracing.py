@@ -209,5 +209,5 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
         make=lambda on_event: TracingTracer(targets, capture, entry, exit_, on_event, label),
         spec_text=f"trace prog {target} --{what.replace('+', ' --')}",
         summary=f"{what} on {len(targets)} BPF function(s): {names}",
-        targets=[f"{t.name} (prog {t.prog_id})" for t in targets],
+        targets=[f"{t.name} (prog {t.prog_id})" for t in targets], requires="tracing-prog",
         params={t.addr: t.signature or Signature.from_names(t.params) for t in targets})]

@@ -429,4 +429,5 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
         make=lambda on_event: UprobeTracer(targets, capture, retprobe, on_event, label),
         spec_text=f"{spec.kind} {spec.targets[0]}" + (f" --pid {pid}" if pid else ""),
         summary=f"{spec.kind} on {len(targets)} function(s) of {targets[0].binary}: {names}",
-        targets=[f"{t.binary}:{t.name}" for t in targets], attached=attached)]
+        targets=[f"{t.binary}:{t.name}" for t in targets], attached=attached,
+        requires="uprobes")]
