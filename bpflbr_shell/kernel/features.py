@@ -14,22 +14,25 @@ import ctypes
 import errno
 import gzip
 import importlib
-import json
 import os
 import struct
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from functools import cached_property
+from pathlib import Path
 
 from bpflbr_shell.errors import UsageError, UserError
 from bpflbr_shell.kernel import libbpf, perf
-
-BPF_PROG_TYPE_KPROBE = 2
-BPF_PROG_TYPE_TRACING = 26
-BPF_TRACE_FENTRY = 24
-BPF_TRACE_KPROBE_MULTI = 42
-BTF_KIND_FUNC = 12
+from bpflbr_shell.kernel.libbpf import (
+    BPF_PROG_TYPE_KPROBE,
+    BPF_PROG_TYPE_TRACING,
+    BPF_TRACE_FENTRY,
+    BPF_TRACE_KPROBE_MULTI,
+    BTF_KIND_FUNC,
+    BpfLinkCreateOpts,
+    BpfProgLoadOpts,
+)
 
 # Kernel functions present (and fentry-attachable) in every config we care about; first found wins.
 PROBE_TARGETS = ("vfs_read", "ksys_read", "do_sys_openat2", "vfs_write")
@@ -38,10 +41,6 @@ PROBE_TARGETS = ("vfs_read", "ksys_read", "do_sys_openat2", "vfs_write")
 TRIVIAL_PROG = struct.pack("<BBhi", 0xB7, 0, 0, 0) + struct.pack("<BBhi", 0x95, 0, 0, 0)
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
-
-
-# the libbpf option structs live with the other bindings; re-exported for callers here
-from bpflbr_shell.kernel.libbpf import BpfLinkCreateOpts, BpfProgLoadOpts  # noqa: E402
 
 
 @dataclass
@@ -55,12 +54,6 @@ class Feature:
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
-
-
-def _libbpf_fn(name: str, restype: object, *argtypes: object) -> Callable[..., object]:
-    """A private prototype of a libbpf symbol, so we never retype ``libbpf.lib()``'s shared ones."""
-    proto = ctypes.CFUNCTYPE(restype, *argtypes, use_errno=True)  # type: ignore[arg-type]
-    return proto((name, libbpf.lib()))
 
 
 def _errname(err: int) -> str:
@@ -138,22 +131,19 @@ class _Context:
     @cached_property
     def probe_target(self) -> tuple[str, int]:
         """(name, vmlinux BTF FUNC id) of a kernel function to aim test programs at."""
-        load = _libbpf_fn("btf__load_vmlinux_btf", ctypes.c_void_p)
-        find = _libbpf_fn("btf__find_by_name_kind", ctypes.c_int32, ctypes.c_void_p,
-                          ctypes.c_char_p, ctypes.c_uint32)
-        free = _libbpf_fn("btf__free", None, ctypes.c_void_p)
-        btf = load()
+        lib = libbpf.lib()
+        btf = lib.btf__load_vmlinux_btf()
         if not btf:
             err = ctypes.get_errno()
             raise UserError(f"cannot load vmlinux BTF: {os.strerror(err)} ({_errname(err)})",
                             "CONFIG_DEBUG_INFO_BTF=y")
         try:
             for name in PROBE_TARGETS:
-                type_id = find(btf, name.encode(), BTF_KIND_FUNC)
+                type_id = lib.btf__find_by_name_kind(btf, name.encode(), BTF_KIND_FUNC)
                 if isinstance(type_id, int) and type_id > 0:
                     return name, type_id
         finally:
-            free(btf)
+            lib.btf__free(btf)
         raise UserError(f"none of {', '.join(PROBE_TARGETS)} is a FUNC in vmlinux BTF")
 
     def security_note(self) -> str:
@@ -170,11 +160,7 @@ class _Context:
 
 def _load_prog(prog_type: int, name: str, attach_type: int, attach_btf_id: int = 0
                ) -> tuple[int, str]:
-    """Load TRIVIAL_PROG; returns (fd or -errno, first line of the verifier log)."""
-    prog_load = _libbpf_fn(
-        "bpf_prog_load", ctypes.c_int, ctypes.c_int, ctypes.c_char_p, ctypes.c_char_p,
-        ctypes.c_void_p, ctypes.c_size_t, ctypes.POINTER(BpfProgLoadOpts),
-    )
+    """Load TRIVIAL_PROG; returns (fd or -errno, last line of the verifier log)."""
     log = ctypes.create_string_buffer(4096)
     opts = BpfProgLoadOpts(sz=ctypes.sizeof(BpfProgLoadOpts))
     opts.expected_attach_type = attach_type
@@ -182,10 +168,10 @@ def _load_prog(prog_type: int, name: str, attach_type: int, attach_btf_id: int =
     opts.log_buf = ctypes.cast(log, ctypes.c_char_p)
     opts.log_size = len(log)
     insns = ctypes.create_string_buffer(TRIVIAL_PROG, len(TRIVIAL_PROG))
-    fd = prog_load(prog_type, name.encode(), b"GPL", insns, len(TRIVIAL_PROG) // 8,
-                   ctypes.byref(opts))
+    fd = libbpf.lib().bpf_prog_load(prog_type, name.encode(), b"GPL", insns,
+                                    len(TRIVIAL_PROG) // 8, ctypes.byref(opts))
     text = log.value.decode(errors="replace").strip()
-    return int(fd), (text.splitlines()[-1] if text else "")  # type: ignore[call-overload]
+    return int(fd), (text.splitlines()[-1] if text else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -195,10 +181,8 @@ Result = tuple[bool, str, str | None]
 
 
 def check_bpf_syscall(ctx: _Context) -> Result:
-    get_next = _libbpf_fn("bpf_prog_get_next_id", ctypes.c_int, ctypes.c_uint32,
-                          ctypes.POINTER(ctypes.c_uint32))
     nxt = ctypes.c_uint32(0)
-    ret = int(get_next(0, ctypes.byref(nxt)))  # type: ignore[call-overload]
+    ret = int(libbpf.lib().bpf_prog_get_next_id(0, ctypes.byref(nxt)))
     unpriv = _read("/proc/sys/kernel/unprivileged_bpf_disabled")
     who = f"uid {os.geteuid()}"
     if ret == 0 or ret == -errno.ENOENT:
@@ -299,13 +283,12 @@ def check_kprobe_multi(ctx: _Context) -> Result:
         return (False, f"loading a kprobe.multi prog failed: {os.strerror(err)} "
                 f"({_errname(err)}){fpr}", "run as root" if err == errno.EPERM else None)
     try:
-        link_create = _libbpf_fn("bpf_link_create", ctypes.c_int, ctypes.c_int, ctypes.c_int,
-                                 ctypes.c_int, ctypes.POINTER(BpfLinkCreateOpts))
         syms = (ctypes.c_char_p * 1)(target.encode())
         opts = BpfLinkCreateOpts(sz=ctypes.sizeof(BpfLinkCreateOpts))
         opts.kprobe_multi.cnt = 1
         opts.kprobe_multi.syms = syms
-        link = int(link_create(fd, 0, BPF_TRACE_KPROBE_MULTI, ctypes.byref(opts)))  # type: ignore[call-overload]
+        link = int(libbpf.lib().bpf_link_create(fd, 0, BPF_TRACE_KPROBE_MULTI,
+                                                 ctypes.byref(opts)))
         if link >= 0:
             os.close(link)
             return True, f"kprobe.multi link on {target} created (and closed again){fpr}", None
@@ -477,12 +460,44 @@ def check_bcc(ctx: _Context) -> Result:
             f"{os.path.dirname(getattr(mod, '__file__', '?') or '?')} (import {dt:.2f} s)", None)
 
 
-def _headers_release(tree: str) -> str | None:
-    text = _read(os.path.join(tree, "include/generated/utsrelease.h"))
-    if text:
-        for line in text.splitlines():
-            if "UTS_RELEASE" in line and '"' in line:
-                return line.split('"')[1]
+# Where BCC 0.26's clang loader (src/cc/frontends/clang/loader.cc) looks for kernel headers
+KERNEL_MODULES_DIR = "/lib/modules"
+KHEADERS = "/sys/kernel/kheaders.tar.xz"  # CONFIG_IKHEADERS: the running kernel's own headers
+_KCONFIG_H = "include/linux/kconfig.h"  # what the loader checks to accept a tree
+
+
+@dataclass(frozen=True)
+class KernelHeaders:
+    """The kernel headers a BCC compile will meet. ``tree`` is where BCC compiles (None: it
+    finds none, and cannot compile); ``release`` the kernel they are for (None: they do not
+    say). The one owner of this fact: ``bccprog.compile_program`` refuses on it, the
+    bcc-headers row reports it (it lives here, not in bccprog, since kernel/ never imports
+    trace/)."""
+
+    running: str
+    tree: str | None
+    release: str | None
+    detail: str
+    fix: str | None
+
+    @property
+    def usable(self) -> bool:
+        return self.tree is not None
+
+    @property
+    def matches(self) -> bool:
+        return self.usable and self.release == self.running
+
+
+def headers_release(tree: str) -> str | None:
+    """The kernel release a headers tree is for: its utsrelease.h, else its Debian name."""
+    try:
+        text = Path(tree, "include/generated/utsrelease.h").read_text()
+    except (OSError, UnicodeDecodeError):
+        text = ""
+    for line in text.splitlines():
+        if "UTS_RELEASE" in line and '"' in line:
+            return line.split('"')[1]
     base = os.path.basename(tree.rstrip("/"))
     for prefix in ("linux-headers-", "linux-"):
         if base.startswith(prefix):
@@ -490,25 +505,64 @@ def _headers_release(tree: str) -> str | None:
     return None
 
 
+def kernel_headers(running: str | None = None, modules_dir: str = KERNEL_MODULES_DIR,
+                   kheaders: str = KHEADERS,
+                   environ: Mapping[str, str] | None = None) -> KernelHeaders:
+    """The headers BCC will use, chosen as its loader chooses: ``$BCC_KERNEL_SOURCE`` if set;
+    else ``<modules>/<release>/source`` when both it and ``build`` are directories (the Debian
+    layout: ``source`` the common tree, ``build`` the arch's generated headers, which say the
+    release); else ``build`` (or ``$BCC_KERNEL_MODULES_SUFFIX``). A tree without
+    include/linux/kconfig.h does not count; BCC then takes ``kheaders`` if the kernel has it."""
+    env = os.environ if environ is None else environ
+    running = running or os.uname().release
+    kdir = os.path.join(modules_dir, running)
+    build = os.path.join(kdir, "build")
+    fix = f"install the headers of the running kernel ({running}) at {build} " \
+          "(scripts/bootstrap.sh)"
+
+    def show(path: str) -> str:
+        real = os.path.realpath(path)
+        return f"{path} -> {real}" if real != path else path
+
+    kpath_env = env.get("BCC_KERNEL_SOURCE")
+    if kpath_env:
+        kpath, label, rel_tree = kpath_env, f"BCC_KERNEL_SOURCE={kpath_env}", kpath_env
+    elif os.path.isdir(build) and os.path.isdir(os.path.join(kdir, "source")):
+        source = os.path.join(kdir, "source")
+        kpath, label, rel_tree = source, f"{show(source)} (+ {show(build)})", build
+    else:
+        kpath = os.path.join(kdir, env.get("BCC_KERNEL_MODULES_SUFFIX") or "build")
+        label, rel_tree = show(kpath), kpath
+    if os.path.isfile(os.path.join(kpath, _KCONFIG_H)):
+        release = headers_release(os.path.realpath(rel_tree))
+        if release is None:
+            return KernelHeaders(running, kpath, None, f"{label}: cannot tell which kernel "
+                                 "these headers are for", fix)
+        if release != running:
+            return KernelHeaders(running, kpath, release, f"MISMATCH: {label} holds headers "
+                                 f"for {release}, the running kernel is {running}; BCC compiles "
+                                 "against them, but programs that read kernel structs may use "
+                                 "wrong offsets", fix)
+        return KernelHeaders(running, kpath, release,
+                             f"{label} ({release}, matches the running kernel)", None)
+    if os.path.isfile(kheaders):
+        return KernelHeaders(running, kheaders, running, f"no {_KCONFIG_H} under {label}; "
+                             f"{kheaders} ({running}, matches the running kernel)", None)
+    if not os.path.lexists(kpath):
+        why = "does not exist"
+    elif not os.path.exists(kpath):
+        why = "dangling link"
+    else:
+        why = f"no {_KCONFIG_H}"
+    return KernelHeaders(running, None, None, f"{label}: {why}, and no {kheaders}: BCC cannot "
+                         "compile", fix)
+
+
 def check_bcc_headers(ctx: _Context) -> Result:
-    build = f"/lib/modules/{ctx.release}/build"
-    env = os.environ.get("BCC_KERNEL_SOURCE")
-    envnote = f"; BCC_KERNEL_SOURCE={env}" if env else ""
-    fix = f"install the headers of the running kernel ({ctx.release}) at {build}"
-    if not os.path.lexists(build):
-        return False, f"{build} does not exist{envnote}: BCC cannot compile", fix
-    real = os.path.realpath(build)
-    where = f"{build} -> {real}" if real != build else build
-    if not os.path.isdir(real):
-        return False, f"{where}: dangling link{envnote}: BCC cannot compile", fix
-    hdr_rel = _headers_release(real)
-    if hdr_rel is None:
-        return (False, f"{where}: cannot tell which kernel these headers are for{envnote}", fix)
-    if hdr_rel != ctx.release:
-        return (False, f"MISMATCH: {where} holds headers for {hdr_rel}, the running kernel is "
-                f"{ctx.release}; BCC compiles against them, but programs that read kernel "
-                f"structs may use wrong offsets{envnote}", fix)
-    return True, f"{where} ({hdr_rel}, matches the running kernel){envnote}", None
+    """What a BCC compile will meet (:func:`kernel_headers`, which the compile refuses on); a
+    tree for another kernel compiles, but is reported as not usable."""
+    headers = kernel_headers(ctx.release)
+    return headers.matches, headers.detail, headers.fix
 
 
 def _check_fs(ctx: _Context, fstype: str, default: str, what: str) -> Result:
@@ -589,6 +643,3 @@ def to_json(features: Iterable[Feature]) -> list[dict[str, object]]:
     """JSON-ready rows (recordings keep them so a reader knows what the source host could do)."""
     return [f.to_json() for f in features]
 
-
-def dumps(features: Iterable[Feature]) -> str:
-    return json.dumps(to_json(features), indent=2)

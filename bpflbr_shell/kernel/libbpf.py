@@ -1,8 +1,10 @@
 """ctypes bindings to the system libbpf (Debian's libbpf1 1.1.x) for the bpf(2) calls we need.
 
-Only thin, typed wrappers live here; decoding belongs to ``progs`` and ``btf``. libbpf 1.x
-returns ``-errno`` from its low-level API, which :func:`check` turns into our error family.
-The library is opened on first use, never at import time.
+The one owner of the bpf(2)/libbpf constants, structs and prototypes: other modules import
+them (features.py calls ``lib()``, never a prototype of its own). Only thin, typed wrappers
+live here; decoding belongs to ``progs`` and ``btf``. libbpf 1.x returns ``-errno`` from its
+low-level API, which :func:`check` turns into our error family. The library is opened on
+first use, never at import time.
 """
 
 from __future__ import annotations
@@ -18,6 +20,16 @@ LIBBPF_NAMES = ("libbpf.so.1", "/usr/lib/x86_64-linux-gnu/libbpf.so.1")
 
 u32 = ctypes.c_uint32
 u64 = ctypes.c_uint64
+
+# program types, attach types and flags we load with (uapi linux/bpf.h), and the BTF kind we
+# look functions up by (uapi linux/btf.h); tests/test_libbpf.py checks them against gcc
+BPF_PROG_TYPE_KPROBE = 2
+BPF_PROG_TYPE_TRACING = 26
+BPF_TRACE_FENTRY = 24
+BPF_TRACE_FEXIT = 25
+BPF_TRACE_KPROBE_MULTI = 42
+BPF_F_KPROBE_MULTI_RETURN = 1
+BTF_KIND_FUNC = 12
 
 
 class BpfProgInfo(ctypes.Structure):
@@ -218,7 +230,6 @@ def lib() -> ctypes.CDLL:
     """The system libbpf, with the signatures of the calls we make declared once."""
     sigs: Signatures = {
         "bpf_prog_get_next_id": (ctypes.c_int, [u32, ctypes.POINTER(u32)]),
-        "bpf_link_get_next_id": (ctypes.c_int, [u32, ctypes.POINTER(u32)]),
         "bpf_prog_get_fd_by_id": (ctypes.c_int, [u32]),
         "bpf_btf_get_fd_by_id": (ctypes.c_int, [u32]),
         "bpf_link_get_fd_by_id": (ctypes.c_int, [u32]),
@@ -235,6 +246,9 @@ def lib() -> ctypes.CDLL:
         "bpf_map_create": (ctypes.c_int, [ctypes.c_int, ctypes.c_char_p, u32, u32, u32,
                                           ctypes.POINTER(BpfMapCreateOpts)]),
         "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]),
+        "btf__load_vmlinux_btf": (ctypes.c_void_p, []),
+        "btf__find_by_name_kind": (ctypes.c_int32, [ctypes.c_void_p, ctypes.c_char_p, u32]),
+        "btf__free": (None, [ctypes.c_void_p]),
     }
     return open_libbpf(sigs)
 
@@ -280,10 +294,6 @@ def prog_ids() -> list[int]:
     return next_ids("bpf_prog_get_next_id")
 
 
-def link_ids() -> list[int]:
-    return next_ids("bpf_link_get_next_id")
-
-
 def prog_fd_by_id(prog_id: int) -> int:
     ret = lib().bpf_prog_get_fd_by_id(prog_id)
     if ret < 0 and -ret == errno.ENOENT:
@@ -325,13 +335,6 @@ def enable_stats() -> int:
     return check(lib().bpf_enable_stats(0), "enabling BPF run-time stats")  # BPF_STATS_RUN_TIME
 
 
-# program types, attach types and flags we load with (uapi linux/bpf.h)
-BPF_PROG_TYPE_KPROBE = 2
-BPF_PROG_TYPE_TRACING = 26
-BPF_TRACE_FENTRY = 24
-BPF_TRACE_FEXIT = 25
-BPF_TRACE_KPROBE_MULTI = 42
-BPF_F_KPROBE_MULTI_RETURN = 1
 LOG_SIZE = 1 << 20
 
 

@@ -41,18 +41,6 @@ def import_bcc() -> Any:
     return bcc
 
 
-def headers_status() -> tuple[bool, str]:
-    """Whether BCC will find kernel headers, and a sentence saying which it will use."""
-    release = os.uname().release
-    build = Path(f"/lib/modules/{release}/build")
-    if not build.exists():
-        return False, f"no kernel headers at {build}"
-    real = build.resolve()
-    if release in real.name:
-        return True, f"headers for {release} at {real}"
-    return True, f"headers at {real} do NOT match the running kernel {release}"
-
-
 def ensure_tracefs() -> None:
     """Mount tracefs if nobody has: BCC's uprobe detach path reads ``uprobe_events``."""
     if os.path.exists("/sys/kernel/tracing/uprobe_events"):
@@ -73,7 +61,7 @@ _LOCAL_INCLUDE = re.compile(r'^#include "([A-Za-z0-9_.]+)"\s*$', re.M)
 def inline_local_includes(path: Path, seen: frozenset[str] = frozenset()) -> str:
     """The source with our own ``#include "x.h"`` lines replaced by the headers' text.
 
-    BCC rewrites map method calls (``events.ringbuf_reserve(...)``) only in the main file; in
+    BCC rewrites map method calls (``rings.lookup(&cpu)``) only in the main file; in
     an included header they would compile into indirect calls the verifier rejects. Only files
     of ``bpf/`` are inlined, so this never reads anything but the tool's own sources.
     """
@@ -181,10 +169,11 @@ def compile_program(source: str, knobs: dict[str, int]) -> BccObject:
     ones as placeholders, patched when loading)."""
     require_root()
     bcc = import_bcc()
-    ok, detail = headers_status()
-    if not ok:
-        raise FeatureError(f"BCC cannot compile: {detail}",
-                           "install linux-headers for this kernel (scripts/bootstrap.sh)")
+    from bpflbr_shell.kernel.features import kernel_headers  # the one owner of this fact
+
+    headers = kernel_headers()
+    if not headers.usable:
+        raise FeatureError(f"BCC cannot compile: {headers.detail}", headers.fix)
     compiled, patches = split_knobs(knobs)
     cflags = cflags_for(compiled)
     text = inline_local_includes(BPF_DIR / source)
@@ -194,8 +183,8 @@ def compile_program(source: str, knobs: dict[str, int]) -> BccObject:
             bpf = bcc.BPF(text=text.encode(), cflags=cflags)
     except Exception as exc:
         msg = captured.first_error() or (str(exc).splitlines() or [type(exc).__name__])[0]
-        raise FeatureError(f"BCC failed to build {source}: {msg} ({detail})",
-                           "see 'show features' for BCC headers") from None
+        raise FeatureError(f"BCC failed to build {source}: {msg} ({headers.detail})",
+                           "see 'show features' (bcc-headers)") from None
     try:
         return BccObject(bpf, patches)
     except BaseException:
