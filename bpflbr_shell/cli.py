@@ -17,6 +17,7 @@ Start-up stays cheap: prompt_toolkit is imported only when the REPL starts, and 
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Sequence
@@ -66,7 +67,7 @@ def open_kernel_view(ctx: Any) -> Any:
     that need the kernel get a clear FeatureError instead of a crash.
     """
     try:
-        from bpflbr_shell.kernel import open_kernel  # type: ignore[attr-defined]
+        from bpflbr_shell.kernel import open_kernel
     except ImportError as exc:
         if exc.name not in (None, "bpflbr_shell.kernel"):
             raise
@@ -85,10 +86,8 @@ def _run(opts: argparse.Namespace) -> int:
         keep_going = opts.interactive and not opts.batch
         failed = False
         for kind, value in opts.steps:
-            if kind == "c":
-                ok = run_guarded(ctx, lambda v=value: execute_line(ctx, v))
-            else:
-                ok = run_guarded(ctx, lambda v=value: run_file(ctx, v))
+            step = execute_line if kind == "c" else run_file
+            ok = run_guarded(ctx, functools.partial(step, ctx, value))
             if ctx.exit_requested:
                 return ctx.exit_code
             if not ok:

@@ -1,5 +1,5 @@
 #!/bin/bash
-# Set up (scripts/bootstrap.sh) and run every test tier, plus ruff:
+# Set up (scripts/bootstrap.sh) and run every test tier, plus ruff and mypy:
 #   unit  (no marker)  parsing, symbolizing, disasm, rendering over recorded fixtures
 #   live  (-m live)    root + this host's kernel: real programs, bpftool as the oracle
 #   vm    (-m vm)      inside QEMU with Debian's 6.12 kernel (scripts/test-vm.sh: one boot),
@@ -18,6 +18,8 @@ status=0
 
 echo "== ruff check"
 "$venv/bin/ruff" check . || status=1
+echo "== mypy bpflbr_shell"
+"$venv/bin/mypy" bpflbr_shell || status=1
 
 guard=(--require-passed unit)
 if [ "$(id -u)" = 0 ]; then

@@ -194,10 +194,10 @@ class KallsymsIndex:
     def _module_name(self, raw: bytes) -> str | None:
         mod = self._mods.get(raw)
         if mod is None and raw:
-            mod = raw.strip()
-            if mod[:1] == b"[" and mod[-1:] == b"]":
-                mod = mod[1:-1]
-            mod = self._mods[raw] = mod.decode("utf-8", "surrogateescape")
+            text = raw.strip()
+            if text[:1] == b"[" and text[-1:] == b"]":
+                text = text[1:-1]
+            mod = self._mods[raw] = text.decode("utf-8", "surrogateescape")
         return mod
 
     def _name_module(self, i: int) -> tuple[str, str | None]:

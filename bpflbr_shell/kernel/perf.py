@@ -12,7 +12,7 @@ import ctypes
 import errno
 import fcntl
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from functools import cache
 
 from bpflbr_shell.errors import FeatureError, PrivilegeError, UsageError
@@ -180,7 +180,7 @@ ATTR_FLAG_BITS: dict[str, int] = {
 
 
 @cache
-def _syscall() -> ctypes._CFuncPtr:
+def _syscall() -> Callable[..., int]:
     libc = ctypes.CDLL(None, use_errno=True)
     fn = libc.syscall
     fn.restype = ctypes.c_long

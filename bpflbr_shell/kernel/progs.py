@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from bpflbr_shell.errors import KernelDataError, NotFoundError
 from bpflbr_shell.kernel import libbpf
@@ -19,7 +20,7 @@ from bpflbr_shell.kernel.btf import Btf
 from bpflbr_shell.kernel.model import LineInfo, ProgInfo, RawProgInfo, SubProg, prog_type_name
 
 
-def _array(ctype: type, count: int) -> ctypes.Array:
+def _array(ctype: Any, count: int) -> ctypes.Array[Any]:
     return (ctype * max(count, 1))()
 
 

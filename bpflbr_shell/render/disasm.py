@@ -260,7 +260,7 @@ def _where(file: str | None, line: int | None, col: int | None = None) -> str:
 
 def format_location(loc: Location) -> str:
     """``func+0xoff [module] (file:line:col)`` with a shortened file name."""
-    out = f"{safe(loc.func)}+{loc.offset:#x}"
+    out = f"{safe(loc.func or hex(loc.addr))}+{loc.offset:#x}"
     module = getattr(loc, "module", None)
     if module and module not in ("bpf", "vmlinux"):
         out += f" [{safe(module)}]"

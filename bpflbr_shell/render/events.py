@@ -34,7 +34,7 @@ class RenderOptions:
     keep_ranges: tuple[AddrRange, ...] = ()
 
 
-Symbolize = Callable[[Event, int], Location]
+Symbolize = Callable[[Event | None, int], Location]  # None: a kernel address, no process
 
 
 def format_duration(ns: int) -> str:
@@ -218,7 +218,7 @@ def user_frames(event: Event, symbolize: Symbolize) -> tuple[list[Location], int
     """The user stack's frames up to the first address no mapping of the process holds (a
     frame-pointer walk through code built without frame pointers reads data as return
     addresses, e.g. 0x336e6f687479702f), and how many were cut there."""
-    frames = []
+    frames: list[Location] = []
     for n, addr in enumerate(event.ustack):
         loc = symbolize(event, addr)
         if loc.kind == UNMAPPED or addr >= USER_SPACE_END:

@@ -101,14 +101,14 @@ def _complete_args(ctx: Context, cmd: Command, words: list[str], prefix: str) ->
         return out
     if words and words[-1].startswith("-") and "=" not in words[-1]:
         options = {s: a for a in parser._actions for s in a.option_strings}
-        action = options.get(words[-1])
-        if action is not None and _takes_value(action):
-            return _values(ctx, cmd, action, prefix)
+        option = options.get(words[-1])
+        if option is not None and _takes_value(option):
+            return _values(ctx, cmd, option, prefix)
     if cmd.complete is not None:
         positional = [w for w in words if not w.startswith("-")]
         return list(_normalise(cmd.complete(ctx, positional, prefix)))
-    action = _positional_for(cmd, words)
-    return _values(ctx, cmd, action, prefix) if action is not None else []
+    positional_action = _positional_for(cmd, words)
+    return _values(ctx, cmd, positional_action, prefix) if positional_action is not None else []
 
 
 def candidates(ctx: Context, text: str) -> tuple[list[Candidate], int]:

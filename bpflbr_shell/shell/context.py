@@ -16,10 +16,11 @@ from bpflbr_shell.errors import FeatureError, UsageError
 from bpflbr_shell.render.text import SGR, safe_line
 
 if TYPE_CHECKING:
+    from bpflbr_shell.kernel.view import KernelView
     from bpflbr_shell.shell.registry import Registry
 
 #: ``factory(ctx) -> kernel view``; called once, on the first ``ctx.kernel`` access.
-KernelFactory = Callable[["Context"], Any]
+KernelFactory = Callable[["Context"], "KernelView"]
 #: Reads one more input line for a command that takes a block (``python ... end``).
 #: Gets a continuation prompt, returns the line without newline, or None at end of input.
 LineReader = Callable[[str], "str | None"]
@@ -154,7 +155,7 @@ class Context:
     exit_requested: bool = False
     exit_code: int = 0
     source_depth: int = 0
-    _kernel: Any = field(default=None, repr=False)
+    _kernel: KernelView | None = field(default=None, repr=False)
     _readers: list[LineReader] = field(default_factory=list, repr=False)
 
     # -- streams ---------------------------------------------------------------------------
@@ -220,7 +221,7 @@ class Context:
     # -- the kernel view -------------------------------------------------------------------
 
     @property
-    def kernel(self) -> Any:
+    def kernel(self) -> KernelView:
         """The kernel view, opened on first use via the installed factory."""
         if self._kernel is None:
             factory = self.kernel_factory or _kernel_factory

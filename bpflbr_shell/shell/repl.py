@@ -147,7 +147,7 @@ def output_above_prompt() -> Iterator[None]:
     """patch_stdout(raw=True), bundling writes for WRITE_BUNDLE_S instead of 0.2 s."""
     with StdoutProxy(sleep_between_writes=WRITE_BUNDLE_S, raw=True) as proxy:
         saved = sys.stdout, sys.stderr
-        sys.stdout = sys.stderr = proxy  # type: ignore[assignment]
+        sys.stdout = sys.stderr = proxy
         try:
             yield
         finally:

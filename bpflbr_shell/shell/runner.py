@@ -144,7 +144,7 @@ def output_to(ctx: Context, line: Line) -> Iterator[None]:
     proc = subprocess.Popen(["/bin/sh", "-c", line.pipe], stdin=subprocess.PIPE,  # noqa: S603
                             stdout=sink, text=True, encoding="utf-8", errors="replace")
     assert proc.stdin is not None
-    ctx.out = proc.stdin
+    ctx.out = proc.stdin  # type: ignore[assignment]  # a text-mode pipe: IO[str] is a TextIO
     try:
         yield
     except BrokenPipeError:
@@ -245,6 +245,7 @@ def execute_script(ctx: Context, name: str, lines: Iterable[str]) -> None:
                 raise ScriptError(f"{name}:{lineno}: {exc.problem}", exc.fix) from exc
             except Exception as exc:
                 if not hasattr(exc, "bpflbr_location"):
+                    # read back by _internal_error: where a bug surfaced in a script
                     exc.bpflbr_location = f"{name}:{lineno}"  # type: ignore[attr-defined]
                     exc.add_note(f"while running {name}:{lineno}")
                 raise

@@ -303,7 +303,7 @@ class BinaryImage:
                 return self._unreadable(func, exc)
         return None
 
-    def _unreadable(self, func: str, exc: Exception) -> None:
+    def _unreadable(self, func: str, exc: Exception) -> Signature | None:
         """DWARF drgn cannot map (libc's assembly stubs: getpid's DW_TAG_unspecified_type):
         that one function's values stay raw, and the user is told once."""
         self.notices.append(f"{func} in {os.path.basename(self.path)}: its DWARF type is "
@@ -453,8 +453,9 @@ class UserSymbolizer:
     def _image(self, path: str, pid: int = 0) -> BinaryImage | None:
         if path.endswith(" (deleted)"):
             return None
-        image = self._images.get(path, False)
-        if image is not False:
+        known = path in self._images
+        image = self._images.get(path)
+        if known:
             if image is None:
                 return None
             try:

@@ -34,7 +34,9 @@ _new_tuple = tuple.__new__
 
 
 class NumberedBranch(NamedTuple):  # a tuple, not a frozen dataclass: 32 per event
-    index: int  # position in the snapshot, 0 = most recent (printed as [#NN])
+    # position in the snapshot, 0 = most recent (printed as [#NN]); the name shadows
+    # tuple.index on purpose (mypy objects to that)
+    index: int  # type: ignore[assignment]
     branch: Branch
 
 
@@ -166,7 +168,7 @@ class Endpoint(NamedTuple):
 
 
 class LbrRow(NamedTuple):  # a tuple, not a frozen dataclass: one per row of every event
-    index: int
+    index: int  # type: ignore[assignment]  # shadows tuple.index, as in NumberedBranch
     first_in_group: bool
     src: Endpoint
     dst: Endpoint

@@ -303,9 +303,11 @@ class Session:
             self._user_syms = UserSymbolizer()
         return self._user_syms
 
-    def symbolize(self, event: Event, addr: int) -> Location:
+    def symbolize(self, event: Event | None, addr: int) -> Location:
         """An address of ``event`` (user ones in its process), as every renderer shows it."""
         if addr < USER_SPACE_END:
+            if event is None:
+                return Location(addr)  # a user address needs its process
             return self.user_syms.symbolize(event.pid, addr)
         try:
             from bpflbr_shell.symbols.kernel import kernel_symbolizer

@@ -16,7 +16,7 @@ import re
 import threading
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from bpflbr_shell.errors import FeatureError, NotFoundError, PrivilegeError, UsageError
 from bpflbr_shell.kernel import libbpf
@@ -24,6 +24,9 @@ from bpflbr_shell.trace.events import Event
 from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer, capture_options
 from bpflbr_shell.trace.probes.bccprog import CapturedStderr, ensure_tracefs
 from bpflbr_shell.trace.spec import OnEvent, PlanContext, TracePlan, TraceSpec
+
+if TYPE_CHECKING:
+    from bpflbr_shell.kernel.kallsyms import KallsymsIndex
 
 TRACEFS = "/sys/kernel/tracing"
 BLACKLIST = "/sys/kernel/debug/kprobes/blacklist"
@@ -82,7 +85,7 @@ def traceable_from_text(filter_functions: str, blacklist: str, source: str) -> T
     return Traceable([k for k in funcs if k.name not in blocked], source, frozenset(blocked))
 
 
-def traceable_functions(kallsyms: object | None = None) -> Traceable:
+def traceable_functions(kallsyms: KallsymsIndex | None = None) -> Traceable:
     """Functions kprobes/fentry can attach to on this kernel."""
     try:
         with open(BLACKLIST) as f:
@@ -100,7 +103,7 @@ def traceable_functions(kallsyms: object | None = None) -> Traceable:
                                "mount tracefs; run as root") from None
         # kallsyms text symbols, for --dry-run on kernels that hide the ftrace list
         blocked = parse_blacklist(blacklist)
-        funcs = [KFunc(s.name, s.module) for s in kallsyms  # type: ignore[attr-defined]
+        funcs = [KFunc(s.name, s.module) for s in kallsyms
                  if s.type in "tT" and s.module != "bpf" and s.name not in blocked]
         return Traceable(funcs, f"kallsyms text symbols (available_filter_functions "
                          f"unreadable: {exc})", frozenset(blocked), from_kallsyms=True)
@@ -283,6 +286,7 @@ class KprobeTracer(ProbeTracer):
             return
         for k in self.funcs:
             captured = CapturedStderr()
+            assert self.bpf is not None  # compiled by start() before attach()
             try:
                 with captured:
                     if self.exit:
@@ -295,6 +299,7 @@ class KprobeTracer(ProbeTracer):
                                    "see 'show features' (kprobes)") from None
 
     def _attach_multi(self, fn_name: str, flags: int) -> None:
+        assert self.bpf is not None
         insns = self.bpf.dump_func(fn_name.encode())
         fd = libbpf.prog_load(libbpf.BPF_PROG_TYPE_KPROBE, f"bpflbr_{fn_name[3:]}", insns,
                               expected_attach_type=libbpf.BPF_TRACE_KPROBE_MULTI)
@@ -336,12 +341,12 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
     from bpflbr_shell.kernel.selectors import check_glob
 
     kernel = ctx.kernel()
-    globs = [check_glob(g, "function glob") for g in spec.targets]
+    asked = [check_glob(g, "function glob") for g in spec.targets]
     source = f"{TRACEFS}/available_filter_functions"
-    found = resolve_exact(globs)
+    found = resolve_exact(asked)
     if found is None:  # globs, aliases, blacklisted names: the whole list and kallsyms
         traceable = traceable_functions(kernel.kallsyms)
-        found = resolve_functions(globs, traceable, kernel.kallsyms)
+        found = resolve_functions(asked, traceable, kernel.kallsyms)
         source = traceable.source
     funcs = found.funcs
     ctx.notes.extend(found.notices())

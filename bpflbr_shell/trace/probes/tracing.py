@@ -71,7 +71,7 @@ def prog_target(prog: ProgInfo, func: str | None) -> TracingTarget:
 def _btf_next_id() -> Callable[..., int]:
     so = libbpf.open_libbpf({"bpf_btf_get_next_id": (
         ctypes.c_int, [ctypes.c_uint32, ctypes.POINTER(ctypes.c_uint32)])})
-    return so.bpf_btf_get_next_id  # type: ignore[no-any-return]
+    return so.bpf_btf_get_next_id
 
 
 def kernel_btf_obj_id(module: str) -> int:
@@ -144,6 +144,7 @@ class TracingTracer(ProbeTracer):
                 if target.prog_id not in self._target_fds:
                     self._target_fds[target.prog_id] = libbpf.prog_fd_by_id(target.prog_id)
                 target_fd = self._target_fds[target.prog_id]
+            assert self.bpf is not None  # compiled by start() before attach()
             for fn_name, attach_type in directions:
                 insns = self.bpf.dump_func(fn_name.encode())
                 btf_fd = libbpf.btf_fd_by_id(target.btf_obj_id) if target.btf_obj_id else 0
