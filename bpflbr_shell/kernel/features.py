@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import gzip
 import importlib
 import os
 import struct
@@ -81,6 +80,8 @@ class _Context:
         for path in ("/proc/config.gz", f"/boot/config-{self.release}"):
             try:
                 if path.endswith(".gz"):
+                    import gzip  # only here: a trace's start-up imports this module
+
                     with gzip.open(path, "rt") as f:
                         text = f.read()
                 else:

@@ -1,6 +1,6 @@
-"""Decoding of the records our probes write into the ring buffer (see ``bpf/lbr_event.h``).
+"""Decoding of the records our probes write into the per-CPU rings (``bpf/lbr_event.h``).
 
-``RawEvent`` mirrors ``struct lbr_event`` byte for byte; :func:`decode` turns one ring-buffer
+``RawEvent`` mirrors ``struct lbr_event`` byte for byte; :func:`decode` turns one ring slot's
 record into an :class:`Event` with plain Python values. Symbolization happens later, on demand,
 so the hot path stays a ctypes copy and a few attribute reads.
 """
@@ -173,7 +173,7 @@ def decode_strings(buf: memoryview | bytes, str_mask: int) -> tuple[tuple[int, C
 
 def decode_record(buf: memoryview | bytes, probe: str, nargs: int = MAX_ARGS,
                   str_mask: int = 0) -> tuple[Event, int, int]:
-    """Decode one record (a ring-buffer slice) with one struct call; the fast path.
+    """Decode one record (a ring slot) with one struct call; the fast path.
     ``str_mask``: the STR_MASK the probe was compiled with (its strings end the record)."""
     (ts, dur, func_ip, a0, a1, a2, a3, a4, a5, retval, pid, tid, cpu, kind, kstack, ustack,
      lbr_ret, nr_lbr, comm) = HEAD.unpack_from(buf, 0)
@@ -195,10 +195,9 @@ def decode_record(buf: memoryview | bytes, probe: str, nargs: int = MAX_ARGS,
 
 def decode(data: bytes | int, size: int | None, probe: str, nargs: int = MAX_ARGS,
            raw_type: type[ctypes.Structure] = RawEvent) -> tuple[Event, int, int]:
-    """Decode one record; returns the event and its (kernel, user) stack ids for later lookup.
-
-    ``data`` is either bytes or the raw pointer BCC's ring-buffer callback receives.
-    """
+    """Decode one record field by field through the ctypes layout (the slow, by-name path:
+    tests hold :func:`decode_record`'s one-call format against it); returns the event and its
+    (kernel, user) stack ids. ``data`` is bytes or the address of a record in memory."""
     if isinstance(data, int):
         raw = raw_type.from_address(data)  # valid only inside the callback: copy out below
     else:

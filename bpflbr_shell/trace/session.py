@@ -233,7 +233,7 @@ def account(kernel: dict[str, int], delivered: int, over_limit: int, unread: int
 
 
 def snapshot_counters(tracer: Any, trace: Trace | None = None) -> dict[str, int]:
-    """The tracer's per-CPU counters summed, its ring-buffer bytes, and bpf_stats of its
+    """The tracer's per-CPU counters summed, the bytes its rings carried, and bpf_stats of its
     programs (run_cnt/run_time_ns need ``kernel.bpf_stats_enabled``, which traces turn on).
     Detached programs may be closed already: then the trace's last reading stands."""
     out = dict(tracer.counters())

@@ -1,4 +1,4 @@
-"""What every probe kind shares: LBR perf events, compiling with knobs, the ring-buffer reader,
+"""What every probe kind shares: LBR perf events, compiling with knobs, the per-CPU ring reader,
 stacks, counters, and a close() that releases everything on every path.
 
 A subclass names its BPF source and implements :meth:`ProbeTracer.attach` (and
@@ -95,7 +95,7 @@ class ProbeTracer:
 
     # lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
-        """Compile, attach and open the ring buffer; on any failure release what was made."""
+        """Compile, attach and map the event rings; on any failure release what was made."""
         try:
             self._start()
         except BaseException:

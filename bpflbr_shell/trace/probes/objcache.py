@@ -84,15 +84,18 @@ def bcc_version() -> str:
 
 def variant_key(source: str, knobs: dict[str, int]) -> str:
     """The hash naming one compiled variant (runtime knobs only as zero or placeholder)."""
+    from bpflbr_shell.kernel.features import kernel_headers  # the one owner of this fact
+
     compiled, _ = split_knobs(knobs)
     uname = os.uname()
-    build = Path(f"/lib/modules/{uname.release}/build")
+    headers = kernel_headers(uname.release)
     what = {
         "format": FORMAT, "source": source,
         "text": bccprog.inline_local_includes(bccprog.BPF_DIR / source),
         "cflags": bccprog.cflags_for(compiled), "release": uname.release,
         "version": uname.version, "machine": uname.machine,
-        "headers": str(build.resolve()) if build.exists() else "", "bcc": bcc_version(),
+        "headers": os.path.realpath(headers.tree) if headers.tree else "",
+        "bcc": bcc_version(),
     }
     return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()
 
