@@ -8,7 +8,10 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A problem the user can fix; ``fix`` says how."""
+    """A problem the user can fix; ``fix`` says how. ``caret``: (text, column) when the
+    problem sits at one place of something the user typed (a filter expression)."""
+
+    caret: tuple[str, int] | None = None
 
     def __init__(self, problem: str, fix: str | None = None) -> None:
         super().__init__(problem)

@@ -175,11 +175,13 @@ def run_trace(ctx: Context, args: argparse.Namespace, spec: TraceSpec) -> None:
     """
     rt = runtime(ctx)
     session = rt.session
-    ropts = render_options(ctx, {"kstack": args.kstack, "stack": args.stack})
+    ropts: list[RenderOptions] = []  # made with the first event: not before attaching
 
     def show(events: list[Event]) -> None:
         for event in events:
-            print_event(ctx, rt, event, args.json, ropts)
+            if not ropts:
+                ropts.append(render_options(ctx, {"kstack": args.kstack, "stack": args.stack}))
+            print_event(ctx, rt, event, args.json, ropts[0])
         if events:
             ctx.flush()  # a pipe (| tee, | jq) sees events as they come, not at exit
 
@@ -323,6 +325,9 @@ def _common_trace_args(cmd: Any) -> Any:
         argument("--bg", action="store_true", help="run in the background"),
         argument("--json", action="store_true", help="one JSON object per event"),
         argument("--quiet", action="store_true", help="store events without printing them"),
+        argument("--if", dest="filter", metavar="EXPR", default=None,
+                 help="keep only the events this filter accepts, beside the session's "
+                      "('help filter' has the language); quote it"),
     )):
         cmd = spec(cmd)
     return cmd
@@ -351,7 +356,7 @@ def trace_spec(ctx: Context, kind: ProbeKind, args: argparse.Namespace) -> Trace
                      stack=args.stack, kstack=args.kstack, limit=args.limit,
                      options={o.name: getattr(args, o.name) for o in kind.options},
                      branch_types=ctx.settings["lbr-branch-types"],
-                     ring_bytes=ctx.settings["event-ring"])
+                     ring_bytes=ctx.settings["event-ring"], filter=args.filter)
 
 
 def dry_run(ctx: Context, rt: Runtime, spec: TraceSpec) -> Text:
@@ -488,8 +493,8 @@ def cmd_show_event(ctx: Context, args: argparse.Namespace) -> EventStream:
                         one=True)
 
 
-STATS_KEYS = ("id", "hits", "delivered", "drops", "filtered", "pending", "lbr_errors", "bytes",
-              "ns_per_run", "spec")
+STATS_KEYS = ("id", "hits", "delivered", "drops", "filtered", "pending", "filtered_kernel",
+              "filtered_user", "lbr_errors", "bytes", "ns_per_run", "spec")
 
 
 @command("show stats", help="per trace: hits = events + drops + filtered (+ pending), "
@@ -505,7 +510,50 @@ def cmd_show_stats(ctx: Context, args: argparse.Namespace) -> Table:
         row = {"id": t.id, "spec": t.spec, "running": t.running, **c, "ns_per_run": per}
         rows.append(row)
         notes += book_notes(t, row)
-    return Table(("ID", "HITS", "EVENTS", "DROPS", "FILTERED", "PENDING", "LBR_ERR", "BYTES",
-                  "NS/RUN", "SPEC"), STATS_KEYS, rows, right=range(9), empty="no traces",
-                 footer=["HITS = EVENTS + DROPS + FILTERED + PENDING (read, or being written, "
-                         "not read yet)", *notes])
+    return Table(("ID", "HITS", "EVENTS", "DROPS", "FILTERED", "PENDING", "IN_KERNEL",
+                  "IN_USER", "LBR_ERR", "BYTES", "NS/RUN", "SPEC"), STATS_KEYS, rows,
+                 right=range(11), empty="no traces",
+                 footer=["HITS = EVENTS + DROPS + FILTERED + PENDING; FILTERED = IN_KERNEL "
+                         "(--pid, unpaired returns) + IN_USER (filters, past --limit); pending: "
+                         "read, or being written, not read yet", *notes])
+
+
+# filter ---------------------------------------------------------------------------------------
+FILTER_HELP = """filter                    list the session's filters
+filter EXPR               keep only events EXPR accepts, in every trace (new and running)
+filter delete ID          drop one;  filter clear: drop all
+trace KIND ... --if EXPR  one trace's own filter, beside the session's
+
+EXPR: pid, tid, cpu, comm ('bash*': a glob), retval, duration (10us, 2ms), arg0..arg5 and the
+prototype's argument names, errors (retval in [-4095, -1], or NULL from a pointer function),
+lbr has GLOB / lbr ! has GLOB (the LBR passes through a matching function), numbers in any
+base, strings, == != < <= > >=, & | ^ << >> + -, ! ~, && ||, parentheses.
+Filters run in user space on decoded events; --pid runs in the kernel."""
+
+
+@command("filter", help="keep only the events an expression accepts ('help filter')",
+         raw=True, category="events", description=FILTER_HELP)
+def cmd_filter(ctx: Context, args: argparse.Namespace) -> Table | None:
+    from bpflbr_shell.render.present import Table
+    from bpflbr_shell.trace.filter import parse, unparse
+
+    session = runtime(ctx).session
+    text = args.text.strip()
+    words = text.split()
+    if not text:
+        rows = [{"id": fid, "filter": unparse(parse(t))} for fid, t in session.filters.items()]
+        return Table(("ID", "FILTER"), ("id", "filter"), rows, right=(0,), empty="no filters")
+    if words == ["clear"]:
+        gone = session.delete_filter(None)
+        ctx.status(f"{len(gone)} filter(s) dropped")
+        return None
+    if words[0] == "delete":
+        if len(words) != 2 or not words[1].isdigit() or len(words[1]) > 9:
+            raise UsageError("filter delete takes one filter id", "'filter' lists them")
+        session.delete_filter(int(words[1]))
+        return None
+    fid, running = session.add_filter(text)
+    where = (f"; applied to running trace(s) {', '.join(str(t.id) for t in running)}"
+             if running else "")
+    ctx.status(f"filter {fid}: {unparse(parse(text))} (every new trace{where})")
+    return None

@@ -211,6 +211,12 @@ class Context:
         self.stderr.write(f"{self.style(label + ':', 'red', 'bold', stream=self.stderr)} "
                           f"{text}\n")
 
+    def caret(self, text: str, column: int) -> None:
+        """``text`` (escaped, one line) with a ``^`` under ``column``: where an error is."""
+        shown = safe_line(text)[:MAX_MESSAGE]
+        at = len(safe_line(text[:column]))
+        self.stderr.write(f"  {shown}\n  {' ' * min(at, len(shown))}^\n")
+
     def flush(self) -> None:
         for stream in (self.stdout, self.stderr):
             try:

@@ -63,7 +63,7 @@ class _HelpAction(argparse.Action):
 CATEGORIES = ("tracing", "events", "programs", "kernel", "shell")
 
 
-class _HelpFormatter(argparse.HelpFormatter):
+class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
     """"(default: X)" after an option's help when X says something: not for switches, empty
     values, or help that already names its default."""
 

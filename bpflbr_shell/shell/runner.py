@@ -169,6 +169,8 @@ def run_guarded(ctx: Context, action: Callable[[], Any]) -> bool:
         return True
     except UserError as exc:
         ctx.error_line(str(exc))
+        if exc.caret is not None:
+            ctx.caret(*exc.caret)
         if ctx.settings["debug"] and exc.__cause__ is not None:
             traceback.print_exception(exc.__cause__, file=ctx.stderr)
     except KeyboardInterrupt:

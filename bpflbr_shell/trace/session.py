@@ -159,6 +159,7 @@ class Trace:
     over_limit: int = 0  # read after --limit was reached: filtered
     unread: int = 0  # published but still in the rings when the stop's drain ended: dropped
     lost: int = 0  # read, but handling them failed (the error ended the trace): dropped
+    rejected_user: int = 0  # read, and refused by a filter evaluated in user space
     limit: int | None = None
     thread: threading.Thread | None = None  # the reader: the one thread that drains the rings
     stop_flag: threading.Event = field(default_factory=threading.Event)
@@ -176,6 +177,8 @@ class Trace:
     # kernel targets: function name -> Signature, looked up once per function seen
     signature_of: Any = None
     asked: TraceSpec | None = None  # what session.trace() was given
+    filter: Any = None  # trace.filter.Filter: this trace's and the session's, combined
+    plan: TracePlan | None = field(default=None, repr=False)
     summary: str = ""  # what attaching said: "uretprobe on 1 function(s) of ...: getpid"
     session: Session | None = field(default=None, repr=False)
 
@@ -204,7 +207,8 @@ class Trace:
             if self.final is not None:
                 return dict(self.final)
             ours = (self.delivered, self.over_limit, self.unread, self.lost)
-            return account(snapshot_counters(self.tracer, self), *ours, self.not_printed)
+            return account(snapshot_counters(self.tracer, self), *ours, self.not_printed,
+                           self.rejected_user)
 
     @property
     def not_printed(self) -> int:
@@ -220,16 +224,18 @@ class Trace:
 
 
 def account(kernel: dict[str, int], delivered: int, over_limit: int, unread: int, lost: int,
-            not_printed: int) -> dict[str, int]:
+            not_printed: int, rejected_user: int = 0) -> dict[str, int]:
     """The kernel's counters and ours as one set of books (see :class:`Trace`)."""
     hits = kernel.get("hits", 0)
     drops = kernel.get("drops", 0) + unread + lost
-    filtered = kernel.get("filtered", 0) + over_limit
+    filtered = kernel.get("filtered", 0) + over_limit + rejected_user
     return {**kernel, "hits": hits, "delivered": delivered, "drops": drops,
             "filtered": filtered, "pending": hits - delivered - drops - filtered,
             "drops_ring_full": kernel.get("drops", 0), "drops_unread": unread,
             "drops_error": lost, "filtered_kernel": kernel.get("filtered", 0),
-            "over_limit": over_limit, "not_printed": not_printed}
+            # rejected in user space: by a filter, or read after --limit
+            "filtered_user": rejected_user + over_limit, "over_limit": over_limit,
+            "not_printed": not_printed}
 
 
 def snapshot_counters(tracer: Any, trace: Trace | None = None) -> dict[str, int]:
@@ -279,6 +285,8 @@ class Session:
         # user functions' prototypes (DWARF), per (pid, function): looked up once
         self.params: dict[tuple[int, str], Signature | None] = {}
         self._stats_fd: int | None = None
+        self.filters: dict[int, str] = {}  # `filter EXPR`: id -> text, for every trace
+        self._next_filter = 1
         self._next_trace = 1
         self._lock = threading.RLock()
         _SESSIONS.add(self)
@@ -391,6 +399,7 @@ class Session:
     def start(self, spec: TraceSpec, plan: TracePlan, printq: bool = False) -> Trace:
         """Attach one plan (a failed start leaves nothing attached) and set its trace up:
         limit, prototypes, the LBR ranges to trim. Its reader is not started yet."""
+        check = self.filter_for(spec, plan)  # a filter that does not fit: before attaching
         self._enable_stats()
         trace = self.add(plan.spec_text, plan.make, self._deliver, self._after)
         trace.asked = spec
@@ -405,7 +414,58 @@ class Session:
             trace.keep_ranges = tuple(trace.tracer.keep_ranges())
         trace.limit = spec.limit
         trace.printq = PrintQueue() if printq else None
+        trace.plan = plan
+        trace.filter = check
         return trace
+
+    # filters ----------------------------------------------------------------------------------
+    def filter_for(self, spec: TraceSpec | None, plan: TracePlan | None) -> Any:
+        """A trace's own filter (--if) and every session filter, as one Filter (None: no
+        filter), checked against what its events carry."""
+        from bpflbr_shell.trace.filter import Scope, bind
+
+        texts = [t for t in [spec.filter if spec else None, *self.filters.values()] if t]
+        if not texts:
+            return None
+        scope = Scope(prototype=(plan.prototype if plan and plan.prototype
+                                 else lambda: None),
+                      has_retval=bool(plan and plan.returns), symbolize=self.symbolize,
+                      event_signature=self.params_of)
+        text = " && ".join(f"({t})" for t in texts) if len(texts) > 1 else texts[0]
+        return bind(text, scope)
+
+    def add_filter(self, text: str) -> tuple[int, list[Trace]]:
+        """A session filter for every new trace and the running ones (re-bound now, in user
+        space); its id and the running traces it applies to. A filter that does not fit a
+        running trace is refused whole, naming the term."""
+        from bpflbr_shell.trace.filter import check_terms, parse
+
+        check_terms(parse(text), text)  # syntax and terms first; names per trace, when bound
+        running = [t for t in self.traces.values() if t.running]
+        fid = self._next_filter
+        self.filters[fid] = text
+        try:
+            bound = [(t, self.filter_for(t.asked, t.plan)) for t in running]
+        except Exception:
+            del self.filters[fid]
+            raise
+        self._next_filter += 1
+        for t, f in bound:
+            t.filter = f
+        return fid, running
+
+    def delete_filter(self, fid: int | None) -> list[int]:
+        """Drop one session filter (None: all); the ids dropped. Running traces keep only
+        what remains."""
+        gone = list(self.filters) if fid is None else [fid]
+        if fid is not None and fid not in self.filters:
+            raise NotFoundError(f"no filter {fid}", "'filter' lists them")
+        for g in gone:
+            del self.filters[g]
+        for t in self.traces.values():
+            if t.running:
+                t.filter = self.filter_for(t.asked, t.plan)
+        return gone
 
     def _deliver(self, trace: Trace, event: Event, kstack: int, ustack: int) -> None:
         """Complete an event in the reader thread: stacks, its function's name (as asked for)
@@ -475,6 +535,10 @@ class Session:
                 return
             event.trace_id = trace.id
             deliver(trace, event, kstack, ustack)
+            check = trace.filter
+            if check is not None and not check.accepts(event):
+                trace.rejected_user += 1
+                return
             self.store.add(event)
             trace.delivered += 1
             if after is not None:
@@ -548,7 +612,7 @@ class Session:
             trace.unread += tracer.discard_pending()
             # a record read but not delivered or counted: its handling raised
             trace.lost = max(0, getattr(tracer, "handled", 0) - trace.delivered
-                             - trace.over_limit)
+                             - trace.over_limit - trace.rejected_user)
             try:
                 final = trace.counters()
             except Exception:  # the books stay as they were last read

@@ -58,6 +58,7 @@ class TraceSpec:
     options: Mapping[str, Any] = field(default_factory=dict)
     branch_types: str = "any"  # LBR branch filter (perf's names, comma-separated)
     ring_bytes: int = 4 << 20  # the event rings, all CPUs
+    filter: str | None = None  # this trace's own filter (--if), beside the session's
 
     def option(self, name: str, default: Any = None) -> Any:
         return self.options.get(name, default)
@@ -87,6 +88,11 @@ class TracePlan:
     # the feature (kernel/features.py) this plan needs: when attaching fails and it is
     # missing, features' sentence says why (nothing is checked when attaching works)
     requires: str = ""
+    # what a filter may name: whether events carry a return value (exits), and the traced
+    # function's prototype (parameter names; a pointer return makes NULL an error), looked
+    # up only when a filter needs it; None when the targets do not share one
+    returns: bool = False
+    prototype: Callable[[], Signature | None] | None = None
 
 
 @dataclass

@@ -379,7 +379,9 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
     return [TracePlan(make=make_for(b), spec_text=f"{base} --backend {b}",
                       summary=f"{b} on {len(funcs)} kernel function(s): {shown}", backend=b,
                       targets=listed, source=source, signature_of=signature_of,
-                      attached=attached, requires=BACKEND_FEATURES[b])
+                      attached=attached, requires=BACKEND_FEATURES[b], returns=exit_,
+                      prototype=(lambda: signature_of(funcs[0].asked or funcs[0].name))
+                      if len(funcs) == 1 else None)
             for b in plan_backends(spec.option("backend", "auto"))]
 
 

@@ -430,4 +430,18 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
         spec_text=f"{spec.kind} {spec.targets[0]}" + (f" --pid {pid}" if pid else ""),
         summary=f"{spec.kind} on {len(targets)} function(s) of {targets[0].binary}: {names}",
         targets=[f"{t.binary}:{t.name}" for t in targets], attached=attached,
-        requires="uprobes")]
+        requires="uprobes", returns=retprobe, prototype=_prototype(targets, user_syms))]
+
+
+def _prototype(targets: list[UserTarget], user_syms: Any) -> Callable[[], Any] | None:
+    """The one traced function's DWARF prototype, read when a filter asks for it."""
+    names = {(t.binary, t.name) for t in targets}
+    if len(names) != 1:
+        return None
+    ((binary, name),) = names
+
+    def read() -> Any:
+        image = user_syms.image(binary)
+        return image.signature(name) if image is not None else None
+
+    return read

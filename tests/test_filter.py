@@ -1,0 +1,155 @@
+"""Unit: the filter language (trace/filter.py). Hypothesis: no text crashes the parser (a
+Filter or one FilterError/UsageError), and printing an AST and parsing the print gives the same
+AST. Semantics on events built as the decoder builds them, with Python's own operators and
+fnmatch as the oracle."""
+
+from __future__ import annotations
+
+import fnmatch
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from bpflbr_shell.errors import UsageError
+from bpflbr_shell.kernel.values import Signature, ValueType
+from bpflbr_shell.trace.events import CapturedStr, Event
+from bpflbr_shell.trace.filter import (
+    Binary,
+    Dur,
+    FilterError,
+    LbrHas,
+    Name,
+    Num,
+    Scope,
+    Str,
+    Unary,
+    bind,
+    parse,
+    unparse,
+)
+
+NAMES = ["pid", "tid", "cpu", "comm", "retval", "duration", "errors", "arg0", "arg5", "count"]
+OPS = ["==", "!=", "<", "<=", ">", ">=", "&&", "||", "&", "|", "^", "<<", ">>", "+", "-"]
+
+
+def ast_nodes() -> st.SearchStrategy:
+    leaves = st.one_of(
+        st.integers(min_value=0, max_value=1 << 64).map(Num),
+        st.sampled_from(["ns", "us", "ms", "s"]).flatmap(
+            lambda u: st.integers(0, 10**6).map(lambda n, u=u: Dur(n * {"ns": 1, "us": 1000,
+                                                                       "ms": 10**6,
+                                                                       "s": 10**9}[u], u))),
+        st.text(alphabet="ab*?' \\\"", max_size=6).map(Str),
+        st.sampled_from(NAMES).map(Name),
+        st.builds(LbrHas, st.text(alphabet="ab_*", min_size=1, max_size=5), st.booleans()),
+    )
+    return st.recursive(leaves, lambda kids: st.one_of(
+        st.builds(Unary, st.sampled_from(["!", "-", "~"]), kids),
+        st.builds(Binary, st.sampled_from(OPS), kids, kids)), max_leaves=12)
+
+
+@settings(max_examples=500, deadline=None)
+@given(ast_nodes())
+def test_print_then_parse_gives_the_same_ast(node) -> None:
+    assert parse(unparse(node)) == node
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.text(alphabet="pidcomretvalsu0123456789x'\" ()!&|=<>-~^+*_has lbr\\\t\x00é",
+               max_size=80))
+def test_no_text_crashes_the_parser(text: str) -> None:
+    try:
+        bind(text, Scope())
+    except UsageError as exc:
+        assert "\n" not in str(exc)
+        if isinstance(exc, FilterError):
+            assert 0 <= exc.column <= len(text)
+
+
+def test_deep_nesting_and_long_text_are_one_clear_line() -> None:
+    with pytest.raises(FilterError, match="nested more than"):
+        parse("(" * 500 + "1" + ")" * 500)
+    with pytest.raises(FilterError, match="nested more than"):
+        parse("!" * 500 + "1")
+    with pytest.raises(UsageError, match="too long"):
+        parse("pid == 1 && " * 200 + "1")
+
+
+def event(**kw) -> Event:
+    base = dict(probe="uretprobe", kind="exit", ts_ns=1, pid=100, tid=101, cpu=1,
+                comm="bash", func_ip=0x1000, args=[1, 2, 3, 4, 5, 6], retval=0,
+                duration_ns=1500, lbr_ret=-2)
+    base.update(kw)
+    return Event(**base)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(("expr", "want"), [
+    ("pid == 100", True), ("pid != 100", False), ("tid > 100 && cpu == 1", True),
+    ("comm == 'ba*'", True), ("comm == 'zsh'", False), ("comm != 'b?sh'", False),
+    ("duration > 1us", True), ("duration >= 2us", False), ("duration < 0x600ns", True),
+    ("arg2 == 3 && arg5 == 6", True), ("arg0 | arg1 == 3", True), ("1 << 4 == 16", True),
+    ("!(pid == 100) || arg3 == 4", True), ("-1 < 0", True), ("~0 & 0xff == 255", True),
+    ("0b101 == 5 && 0o17 == 15 && 010 == 10", True),
+])
+def test_semantics(expr: str, want: bool) -> None:
+    assert bind(expr, Scope()).accepts(event()) is want
+
+
+def test_retval_and_errors_take_the_prototype() -> None:
+    """A failed open() returns int -1: the register holds 0xffffffff; typed by the prototype
+    it is -1, an error. NULL from a pointer function is an error too."""
+    int_sig = Signature((("path", ValueType(8, pointer=True, string=True)),),
+                        ValueType(4, signed=True))
+    ptr_sig = Signature((), ValueType(8, pointer=True))
+    typed = Scope(prototype=lambda: int_sig, event_signature=lambda e: int_sig)
+    failed = event(retval=0xFFFFFFFF)
+    assert bind("retval == -1", typed).accepts(failed)
+    assert bind("errors", typed).accepts(failed)
+    assert not bind("errors", typed).accepts(event(retval=3))
+    assert not bind("retval == -1", Scope()).accepts(failed)  # untyped: a 64-bit register
+    pointer = Scope(prototype=lambda: ptr_sig, event_signature=lambda e: ptr_sig)
+    assert bind("errors", pointer).accepts(event(retval=0))
+    assert not bind("errors", typed).accepts(event(retval=0))  # int 0: success
+    assert bind("errors", typed).accepts(event(retval=(1 << 64) - 4095))
+    assert not bind("errors", typed).accepts(event(retval=(1 << 32) - 4096))
+
+
+def test_names_from_the_prototype_and_strings() -> None:
+    sig = Signature((("fd", ValueType(4, signed=True)), ("buf", ValueType(8, pointer=True)),
+                     ("count", ValueType(8))), ValueType(8, signed=True))
+    scope = Scope(prototype=lambda: sig, event_signature=lambda e: sig)
+    assert bind("count > 2 && fd == 1", scope).accepts(event())
+    with pytest.raises(FilterError, match="did you mean count") as err:
+        bind("cont > 2", scope)
+    assert err.value.column == 0 and err.value.caret == ("cont > 2", 0)
+    with pytest.raises(FilterError, match="use arg0..arg5"):
+        bind("zzz == 1", Scope())
+    s = event(strings=((0, CapturedStr(5, b"/tmp")),))
+    assert bind("arg0 == '/t*'", Scope()).accepts(s)
+    assert not bind("arg0 == '/etc*'", Scope()).accepts(s)
+
+
+def test_entry_events_have_no_return_value() -> None:
+    entries = Scope(has_retval=False)
+    for expr in ("retval < 0", "errors", "duration > 1ms"):
+        with pytest.raises(FilterError, match="entr"):
+            bind(expr, entries)
+
+
+def test_errors_point_at_the_column() -> None:
+    for text, column in [("pid ==", 6), ("pid = 3", 4), ("(pid == 1", 9), ("pid == 1 1", 9),
+                         ("comm == 'a", 8), ("lbr has", 7), ("a->3", 3)]:
+        with pytest.raises(FilterError) as err:
+            bind(text, Scope())
+        assert err.value.column == column, (text, err.value)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet="abc*?[]_", max_size=6), st.text(alphabet="abc_", max_size=8))
+def test_comm_globs_are_fnmatch(glob: str, comm: str) -> None:
+    try:
+        f = bind(f"comm == {unparse(Str(glob))}", Scope())
+    except UsageError:
+        return
+    assert f.accepts(event(comm=comm)) == fnmatch.fnmatchcase(comm, glob)
