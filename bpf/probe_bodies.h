@@ -36,6 +36,10 @@ static __always_inline int entry_probe(PROBE_CTX ctx)
     probe_args(ctx, ev->args);
     if (PAIR_EXIT)
         stash_for_exit(id, key_ip, now, func_ip, ev->args);
+    if (rejected(id, c.cpu, ev->args, 0)) {
+        unclaim(&c);
+        return 0;
+    }
     capture_strings(ev, 0, 0);
     return publish(ctx, &c, id, EV_ENTRY, now, NO_DURATION, 0);
 }
@@ -61,6 +65,10 @@ static __always_inline int exit_probe(PROBE_CTX ctx)
     else
         copy_args(ev->args, st.args);
     u64 retval = probe_retval(ctx);
+    if (rejected(id, c.cpu, ev->args, retval)) {
+        unclaim(&c);
+        return 0;
+    }
     capture_strings(ev, retval, 1);
     return publish(ctx, &c, id, EV_EXIT, now, duration, retval);
 }

@@ -130,6 +130,24 @@ static __always_inline int filtered_out(u64 id)
     return (FILTER_TGID && tgid != FILTER_TGID) || (EXCLUDE_TGID && tgid == EXCLUDE_TGID);
 }
 
+/* A filter compiled from the tool's own AST (bpflbr_shell/trace/filter.py): FILTER_EXPR is a C
+ * expression of integer literals, the names below and operators, nothing else (the tool
+ * checks every token before passing it); it runs after the branch snapshot, once the event's
+ * values are in. A rejected hit counts STAT_FILTERED. */
+#ifdef FILTER_EXPR
+static __always_inline int rejected(u64 id, u32 cpu, u64 *args, u64 retval)
+{
+    s64 pid = id >> 32, tid = (u32)id;
+    s64 a0 = args[0], a1 = args[1], a2 = args[2], a3 = args[3], a4 = args[4], a5 = args[5];
+    if (FILTER_EXPR)
+        return 0;
+    count(STAT_FILTERED);
+    return 1;
+}
+#else
+#define rejected(id, cpu, args, retval) 0
+#endif
+
 /* Whether this entry is ours to record (the pid filter). An emitting entry (claim() counted
  * its hit) counts the filtered outcome; a silent one (the stash for an exit) counts nothing:
  * its exit is the event, counted there. */

@@ -153,3 +153,73 @@ def test_comm_globs_are_fnmatch(glob: str, comm: str) -> None:
     except UsageError:
         return
     assert f.accepts(event(comm=comm)) == fnmatch.fnmatchcase(comm, glob)
+
+
+def test_kernel_c_means_what_user_space_means(tmp_path) -> None:
+    """The C generated for the kernel part, compiled by gcc (the oracle for C's semantics)
+    with the probe's own variable types, accepts exactly the events the user-space evaluator
+    accepts: random filters over pid, tid, cpu, typed args and retval, on random values."""
+    import random
+    import shutil
+    import subprocess
+
+    from bpflbr_shell.trace.filter import split_for_kernel
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("needs gcc as the oracle for C semantics")
+    rng = random.Random(7)
+    sig = Signature((("fd", ValueType(4, signed=True)), ("n", ValueType(2)),
+                     ("off", ValueType(8, signed=True))), ValueType(4, signed=True))
+    scope = Scope(prototype=lambda: sig, event_signature=lambda e: sig)
+    leaves = ["pid", "tid", "cpu", "fd", "n", "off", "retval", "arg0", "errors"]
+
+    def gen(depth: int) -> str:
+        if depth == 0 or rng.random() < 0.3:
+            a, b = rng.choice(leaves), rng.choice([str(rng.randint(0, 70000)), "-1", "0x8000",
+                                                  rng.choice(leaves)])
+            op = rng.choice(["==", "!=", "<", "<=", ">", ">=", "&", "|", "^"])
+            return a if a == "errors" else f"{a} {op} {b}"
+        op = rng.choice(["&&", "||"])
+        inner = f"({gen(depth - 1)}) {op} ({gen(depth - 1)})"
+        return f"!({inner})" if rng.random() < 0.2 else inner
+
+    def value() -> int:
+        return rng.choice([0, 1, 7, 0x8000, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, (1 << 64) - 1,
+                           (1 << 64) - 4095, rng.getrandbits(64), rng.getrandbits(16)])
+
+    filters = []
+    while len(filters) < 40:
+        text = gen(3)
+        c, rest = split_for_kernel(text, scope)
+        if c is not None and rest is None:
+            filters.append((text, c))
+    events = [event(pid=rng.randint(0, 1 << 22), tid=rng.randint(0, 1 << 22),
+                    cpu=rng.randint(0, 64), args=[value() for _ in range(6)], retval=value())
+              for _ in range(25)]
+    lines = ["#include <stdio.h>", "#include <stdint.h>",
+             "typedef int8_t s8; typedef int16_t s16; typedef int32_t s32; typedef int64_t s64;",
+             "typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32;",
+             "typedef uint64_t u64;",
+             "static int f(int k, u64 id, u32 cpu, u64 *args, u64 retval) {",
+             "  s64 pid = id >> 32, tid = (u32)id;",
+             "  s64 a0 = args[0], a1 = args[1], a2 = args[2], a3 = args[3], a4 = args[4],"
+             " a5 = args[5];",
+             "  (void)a1; (void)a2; (void)a3; (void)a4; (void)a5;",
+             "  switch (k) {"]
+    lines += [f"  case {k}: return ({c}) ? 1 : 0;" for k, (_, c) in enumerate(filters)]
+    lines += ["  }", "  return -1; }", "int main(void) {"]
+    for e in events:
+        args = ", ".join(f"{a}ULL" for a in e.args)
+        lines.append(f"  {{ u64 a[6] = {{{args}}}; for (int k = 0; k < {len(filters)}; k++) "
+                     f"printf(\"%d\", f(k, ((u64){e.pid} << 32) | {e.tid}u, {e.cpu}u, a, "
+                     f"{e.retval}ULL)); printf(\"\\n\"); }}")
+    lines.append("  return 0; }")
+    src, exe = tmp_path / "f.c", tmp_path / "f"
+    src.write_text("\n".join(lines) + "\n")
+    subprocess.run([gcc, "-O0", "-o", str(exe), str(src)], check=True, capture_output=True)
+    rows = subprocess.run([str(exe)], check=True, capture_output=True,
+                          text=True).stdout.split()
+    for e, row in zip(events, rows, strict=True):
+        for (text, _), got in zip(filters, row, strict=True):
+            assert (got == "1") == bind(text, scope).accepts(e), (text, e.args, e.retval)

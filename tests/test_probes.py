@@ -144,6 +144,33 @@ def test_snapshot_is_the_first_helper_call(require_root, require_bcc, source: st
 
 
 @pytest.mark.live
+@pytest.mark.parametrize(("source", "functions"), [
+    ("uprobe.c", ("on_entry", "on_return")),
+    ("kprobe.c", ("on_kprobe", "on_kretprobe")),
+    ("fentry.c", ("on_fentry", "on_fexit")),
+])
+def test_snapshot_stays_first_with_a_kernel_filter(require_root, require_bcc, source: str,
+                                                   functions: tuple[str, str],
+                                                   tmp_path) -> None:
+    """A filter compiled into the probe (FILTER_EXPR, generated from a filter's AST) runs
+    after the branch snapshot: the snapshot is still the first helper call of every path."""
+    from bpflbr_shell.trace.filter import Scope, split_for_kernel
+
+    c, rest = split_for_kernel("pid == 4242 && (tid != 7 || cpu == 0) && retval < 0", Scope())
+    assert c is not None and rest is None
+    b = build(source, {"CAPTURE_LBR": 1, "LBR_ENTRIES": 32, "EMIT_ENTRY": 1, "PAIR_EXIT": 1,
+                       "FILTER_EXPR": c}, "bcc", tmp_path)  # type: ignore[dict-item]
+    try:
+        for fn in functions:
+            insns = b.dump_func(fn.encode())
+            assert helper_calls(insns).count(BPF_FUNC_get_branch_snapshot) == 1, fn
+            assert sorted(calls_that_can_precede(insns, BPF_FUNC_get_branch_snapshot)) == \
+                sorted([BPF_FUNC_get_smp_processor_id, BPF_FUNC_map_lookup_elem]), fn
+    finally:
+        b.cleanup()
+
+
+@pytest.mark.live
 @pytest.mark.parametrize("builder", ["bcc", "cache"])
 def test_no_snapshot_when_lbr_is_off(require_root, require_bcc, builder: str, tmp_path) -> None:
     b = build("kprobe.c", {"CAPTURE_LBR": 0, "LBR_ENTRIES": 0}, builder, tmp_path)

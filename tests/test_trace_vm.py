@@ -279,6 +279,32 @@ def test_kfunc_backends_exit_retval(shell: Shell, reader: Reader, backend: str) 
     assert events[2]["args"]["fd"] == 987 and events[0]["args"]["count"] == 4096
 
 
+@pytest.mark.parametrize("backend", ["multi", "fentry"])
+def test_kfunc_filter_runs_in_the_kernel(shell: Shell, reader: Reader, backend: str) -> None:
+    """A filter on the BTF-typed retval (ssize_t) and fd (unsigned int) of ksys_read is
+    compiled into the probe: the reads it rejects never reach user space (IN_KERNEL counts
+    them), and what it keeps is what the workload did."""
+    shell.run(f"trace kfunc ksys_read --backend {backend} --exit --pid {reader.pid} --bg "
+              "--quiet --no-lbr --if 'retval > 5 && fd != 987'")
+    sizes = (3, 11, -1, 7, 2)
+    reader.run(*sizes)
+    wait_delivered(shell, 2)
+    stats = shell.json("show stats --json")[-1]
+    shell.run("trace stop")
+    events = [e for e in shell.json("show events 50 --json")
+              if e["func"] == "ksys_read" and e["kind"] == "exit"]
+    assert [e["retval"] for e in events] == [11, 7], backend
+    assert stats["filtered_kernel"] >= 3 and stats["filtered_user"] == 0, stats
+    shell.run(f"trace kfunc ksys_read --backend {backend} --exit --pid {reader.pid} --bg "
+              "--quiet --no-lbr --if errors")
+    reader.run(4, -1, 6)
+    wait_delivered(shell, 1)
+    shell.run("trace stop")
+    failed = [e for e in shell.json("show events 50 --json")[-3:]
+              if e["func"] == "ksys_read" and e["kind"] == "exit" and e["retval"] < 0]
+    assert [e["retval"] for e in failed] == [-errno.EBADF]
+
+
 def test_module_functions_are_tagged(shell: Shell) -> None:
     dry = shell.run("trace kfunc 'p9_*' --dry-run")
     assert "[9pnet" in dry, dry  # 9p is a module in the guest (it carries the root fs)

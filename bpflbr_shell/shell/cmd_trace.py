@@ -528,7 +528,11 @@ EXPR: pid, tid, cpu, comm ('bash*': a glob), retval, duration (10us, 2ms), arg0.
 prototype's argument names, errors (retval in [-4095, -1], or NULL from a pointer function),
 lbr has GLOB / lbr ! has GLOB (the LBR passes through a matching function), numbers in any
 base, strings, == != < <= > >=, & | ^ << >> + -, ! ~, && ||, parentheses.
-Filters run in user space on decoded events; --pid runs in the kernel."""
+Where: each top-level && term made of integers, pid, tid, cpu and args or retval of integer
+types (typed by the prototype) is compiled into the probe and runs in the kernel, after the LBR
+snapshot; strings, comm, duration, lbr has and untyped values run in user space on decoded
+events. A filter added while traces run applies to them in user space. 'show stats' counts
+both (IN_KERNEL, IN_USER)."""
 
 
 @command("filter", help="keep only the events an expression accepts ('help filter')",
@@ -553,7 +557,7 @@ def cmd_filter(ctx: Context, args: argparse.Namespace) -> Table | None:
         session.delete_filter(int(words[1]))
         return None
     fid, running = session.add_filter(text)
-    where = (f"; applied to running trace(s) {', '.join(str(t.id) for t in running)}"
-             if running else "")
+    where = (f"; applied to running trace(s) {', '.join(str(t.id) for t in running)} in "
+             "user space" if running else "")
     ctx.status(f"filter {fid}: {unparse(parse(text))} (every new trace{where})")
     return None

@@ -547,3 +547,93 @@ def _string_compare(left: Value, right: Value, negate: bool, glob_right: bool) -
         return bool(pat.match(value)) != negate
 
     return test
+
+
+# the part the kernel evaluates ----------------------------------------------------------------
+class _NotKernel(Exception):
+    """This term is evaluated in user space."""
+
+
+_C_OPS = ("==", "!=", "<", "<=", ">", ">=", "&&", "||", "&", "|", "^")
+_S64_MAX = (1 << 63) - 1
+
+
+def _typed(var: str, vt: Any) -> str:
+    """``var`` (a u64 register) as the C code sees it: an integer type of at most 4 bytes,
+    or a signed 8-byte one; anything else stays in user space (exactly as it evaluates)."""
+    if vt is None or getattr(vt, "pointer", False) or not getattr(vt, "integer", False):
+        raise _NotKernel
+    if vt.size == 8:
+        if not vt.signed:
+            raise _NotKernel
+        return f"((s64){var})"
+    return f"((s64)({'s' if vt.signed else 'u'}{vt.size * 8}){var})"
+
+
+def _to_c(node: Node, scope: Scope) -> str:  # noqa: C901 - one case per node
+    if isinstance(node, Num):
+        if node.value > _S64_MAX:
+            raise _NotKernel
+        return f"{node.value}LL"
+    if isinstance(node, Name):
+        name = node.name
+        if name in ("pid", "tid", "cpu"):
+            return f"((s64){name})"
+        sig = scope.prototype()
+        if name in ("retval", "errors"):
+            if not scope.has_retval:
+                raise _NotKernel
+            if sig is None or sig.ret is None:
+                r = "((s64)retval)"  # untyped: the signed register, as in user space
+                pointer = False
+            else:
+                pointer = bool(sig.ret.pointer)
+                r = "((s64)retval)" if pointer else _typed("retval", sig.ret)
+            if name == "retval":
+                if pointer:
+                    raise _NotKernel  # pointers compare unsigned: user space
+                return r
+            null = f" || ({r} == 0LL)" if pointer else ""
+            return f"((({r} >= -{ERRNO_MAX}LL) && ({r} <= -1LL)){null})"
+        m = re.fullmatch(r"arg([0-5])", name)
+        index = int(m.group(1)) if m else None
+        if index is None and sig is not None:
+            names = [n for n, _ in sig.params]
+            index = names.index(name) if name in names and names.index(name) < 6 else None
+        if index is None or sig is None or index >= len(sig.params):
+            raise _NotKernel
+        return _typed(f"a{index}", sig.params[index][1])
+    if isinstance(node, Unary):
+        if node.op not in ("!", "-"):
+            raise _NotKernel
+        return f"{node.op}({_to_c(node.operand, scope)})"
+    if isinstance(node, Binary) and node.op in _C_OPS:
+        return f"({_to_c(node.left, scope)}) {node.op} ({_to_c(node.right, scope)})"
+    raise _NotKernel  # strings, comm, duration, lbr has, arithmetic: user space
+
+
+def _conjuncts(node: Node) -> list[Node]:
+    if isinstance(node, Binary) and node.op == "&&":
+        return _conjuncts(node.left) + _conjuncts(node.right)
+    return [node]
+
+
+def split_for_kernel(text: str, scope: Scope) -> tuple[str | None, str | None]:
+    """(the C the probe evaluates, the text left for user space) of a filter: each top-level
+    ``&&`` term goes to the kernel when it is made of integers, pid/tid/cpu, and args and
+    retval of integer types the prototype gives (values as the C code sees them); the rest
+    (strings, comm, duration, lbr has, untyped arguments) stays in user space. The C is
+    generated from the AST alone: integers, our names and operators, no text of the user's."""
+    ast = parse(text)
+    _compile(ast, scope, text)  # every name checked first, whichever side evaluates it
+    kernel, user = [], []
+    for term in _conjuncts(ast):
+        try:
+            kernel.append(_to_c(term, scope))
+        except _NotKernel:
+            user.append(term)
+    c = " && ".join(f"({k})" for k in kernel) if kernel else None
+    rest: Node | None = None
+    for term in user:
+        rest = term if rest is None else Binary("&&", rest, term)
+    return c, unparse(rest) if rest is not None else None

@@ -399,7 +399,7 @@ class Session:
     def start(self, spec: TraceSpec, plan: TracePlan, printq: bool = False) -> Trace:
         """Attach one plan (a failed start leaves nothing attached) and set its trace up:
         limit, prototypes, the LBR ranges to trim. Its reader is not started yet."""
-        check = self.filter_for(spec, plan)  # a filter that does not fit: before attaching
+        check = self.filter_for(spec, plan, kernel=True)  # before attaching: refusals, C
         self._enable_stats()
         trace = self.add(plan.spec_text, plan.make, self._deliver, self._after)
         trace.asked = spec
@@ -419,10 +419,13 @@ class Session:
         return trace
 
     # filters ----------------------------------------------------------------------------------
-    def filter_for(self, spec: TraceSpec | None, plan: TracePlan | None) -> Any:
-        """A trace's own filter (--if) and every session filter, as one Filter (None: no
-        filter), checked against what its events carry."""
-        from bpflbr_shell.trace.filter import Scope, bind
+    def filter_for(self, spec: TraceSpec | None, plan: TracePlan | None,
+                   kernel: bool = False) -> Any:
+        """A trace's own filter (--if) and every session filter, as one Filter for user
+        space (None: nothing left to check there), checked against what its events carry.
+        ``kernel``: hand the plan's probe the terms the kernel can evaluate first (before
+        attaching: they are compiled into the probe)."""
+        from bpflbr_shell.trace.filter import Scope, bind, split_for_kernel
 
         texts = [t for t in [spec.filter if spec else None, *self.filters.values()] if t]
         if not texts:
@@ -431,8 +434,13 @@ class Session:
                                  else lambda: None),
                       has_retval=bool(plan and plan.returns), symbolize=self.symbolize,
                       event_signature=self.params_of)
-        text = " && ".join(f"({t})" for t in texts) if len(texts) > 1 else texts[0]
-        return bind(text, scope)
+        text: str | None = " && ".join(f"({t})" for t in texts) if len(texts) > 1 \
+            else texts[0]
+        if kernel and plan is not None and plan.kernel_filter is not None and text:
+            c, text = split_for_kernel(text, scope)
+            if c is not None:
+                plan.kernel_filter(c)
+        return bind(text, scope) if text else None
 
     def add_filter(self, text: str) -> tuple[int, list[Trace]]:
         """A session filter for every new trace and the running ones (re-bound now, in user

@@ -93,6 +93,9 @@ class TracePlan:
     # up only when a filter needs it; None when the targets do not share one
     returns: bool = False
     prototype: Callable[[], Signature | None] | None = None
+    # hands the probe the C of a filter's kernel part (before make() is called); None: the
+    # probe kind evaluates no filter in the kernel
+    kernel_filter: Callable[[str], None] | None = None
 
 
 @dataclass

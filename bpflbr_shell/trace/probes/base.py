@@ -12,6 +12,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from bpflbr_shell.errors import UserError
 from bpflbr_shell.trace.events import LBR_ENTRIES, Event, decode_record, raw_event_type
@@ -38,7 +39,7 @@ class CaptureOptions:
     stacks_with_lbr: bool = False
     pid: int = -1
     ringbuf_pages: int = 1024  # 4 MiB of event rings, shared among the CPUs
-    extra: dict[str, int] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)  # ints; FILTER_EXPR: generated C
 
 
 def capture_options(spec: TraceSpec, ustack: bool | None = None,

@@ -108,10 +108,31 @@ class CapturedStderr:
         return lines[0] if lines else ""
 
 
-def cflags_for(knobs: dict[str, int]) -> list[str]:
-    """The clang flags of one variant: our include dir and each knob as ``-DNAME=int``."""
+# FILTER_EXPR, generated from a filter's AST: integer literals, the probe's own names and C
+# operators only; checked here again, token by token, before it reaches the compiler
+_FILTER_TOKEN = re.compile(r"\s*(?:-?\d+LL|pid|tid|cpu|retval|a[0-5]"
+                           r"|\((?:s8|s16|s32|u8|u16|u32|s64)\)"
+                           r"|==|!=|<=|>=|&&|\|\||[<>&|^!()~-])")
+
+
+def check_filter_expr(expr: str) -> str:
+    pos = 0
+    while pos < len(expr):
+        m = _FILTER_TOKEN.match(expr, pos)
+        if m is None or m.end() == pos:
+            raise ValueError(f"FILTER_EXPR holds something other than our tokens at {pos}")
+        pos = m.end()
+    return expr
+
+
+def cflags_for(knobs: dict[str, Any]) -> list[str]:
+    """The clang flags of one variant: our include dir and each knob as ``-DNAME=int`` (and
+    FILTER_EXPR, a C expression of our own tokens only: :func:`check_filter_expr`)."""
     cflags = [f"-I{BPF_DIR}", "-Wno-macro-redefined"]
     for name, value in sorted(knobs.items()):
+        if name == "FILTER_EXPR" and isinstance(value, str):
+            cflags.append(f"-D{name}=({check_filter_expr(value)})")
+            continue
         if not _KNOB.fullmatch(name) or not isinstance(value, int):
             raise ValueError(f"bad compile knob {name}={value!r}")
         cflags.append(f"-D{name}={value}")

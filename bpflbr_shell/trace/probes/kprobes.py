@@ -381,7 +381,8 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
                       targets=listed, source=source, signature_of=signature_of,
                       attached=attached, requires=BACKEND_FEATURES[b], returns=exit_,
                       prototype=(lambda: signature_of(funcs[0].asked or funcs[0].name))
-                      if len(funcs) == 1 else None)
+                      if len(funcs) == 1 else None,
+                      kernel_filter=lambda c: capture.extra.__setitem__("FILTER_EXPR", c))
             for b in plan_backends(spec.option("backend", "auto"))]
 
 

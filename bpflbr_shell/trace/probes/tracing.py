@@ -212,4 +212,5 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
         summary=f"{what} on {len(targets)} BPF function(s): {names}",
         targets=[f"{t.name} (prog {t.prog_id})" for t in targets], requires="tracing-prog",
         returns=exit_, prototype=(lambda: targets[0].signature) if len(targets) == 1 else None,
+        kernel_filter=lambda c: capture.extra.__setitem__("FILTER_EXPR", c),
         params={t.addr: t.signature or Signature.from_names(t.params) for t in targets})]

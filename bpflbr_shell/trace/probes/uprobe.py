@@ -430,7 +430,8 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
         spec_text=f"{spec.kind} {spec.targets[0]}" + (f" --pid {pid}" if pid else ""),
         summary=f"{spec.kind} on {len(targets)} function(s) of {targets[0].binary}: {names}",
         targets=[f"{t.binary}:{t.name}" for t in targets], attached=attached,
-        requires="uprobes", returns=retprobe, prototype=_prototype(targets, user_syms))]
+        requires="uprobes", returns=retprobe, prototype=_prototype(targets, user_syms),
+        kernel_filter=lambda c: capture.extra.__setitem__("FILTER_EXPR", c))]
 
 
 def _prototype(targets: list[UserTarget], user_syms: Any) -> Callable[[], Any] | None:
