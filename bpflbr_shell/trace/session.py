@@ -425,11 +425,11 @@ class Session:
         space (None: nothing left to check there), checked against what its events carry.
         ``kernel``: hand the plan's probe the terms the kernel can evaluate first (before
         attaching: they are compiled into the probe)."""
-        from bpflbr_shell.trace.filter import Scope, bind, split_for_kernel
-
         texts = [t for t in [spec.filter if spec else None, *self.filters.values()] if t]
         if not texts:
-            return None
+            return None  # and the filter language is not even imported
+        from bpflbr_shell.trace.filter import Scope, bind, split_for_kernel
+
         scope = Scope(prototype=(plan.prototype if plan and plan.prototype
                                  else lambda: None),
                       has_retval=bool(plan and plan.returns), symbolize=self.symbolize,
