@@ -139,6 +139,11 @@ static __always_inline int rejected(u64 id, u32 cpu, u64 *args, u64 retval)
 {
     s64 pid = id >> 32, tid = (u32)id;
     s64 a0 = args[0], a1 = args[1], a2 = args[2], a3 = args[3], a4 = args[4], a5 = args[5];
+#if FILTER_COMM
+    u64 comm_words[2] = {};
+    bpf_get_current_comm(comm_words, sizeof(comm_words)); /* comm as two little-endian words */
+    u64 c0 = comm_words[0], c1 = comm_words[1];
+#endif
     if (FILTER_EXPR)
         return 0;
     count(STAT_FILTERED);
@@ -146,6 +151,9 @@ static __always_inline int rejected(u64 id, u32 cpu, u64 *args, u64 retval)
 }
 #else
 #define rejected(id, cpu, args, retval) 0
+#endif
+#ifndef FILTER_COMM
+#define FILTER_COMM 0
 #endif
 
 /* Whether this entry is ours to record (the pid filter). An emitting entry (claim() counted

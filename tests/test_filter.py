@@ -174,7 +174,12 @@ def test_kernel_c_means_what_user_space_means(tmp_path) -> None:
     scope = Scope(prototype=lambda: sig, event_signature=lambda e: sig)
     leaves = ["pid", "tid", "cpu", "fd", "n", "off", "retval", "arg0", "errors"]
 
+    comms = ["bash", "bashful", "ba", "nginx", "x" * 15, "", "python3.11", "é"]
+
     def gen(depth: int) -> str:
+        if rng.random() < 0.15:
+            glob = rng.choice(comms)[: rng.randint(0, 15)] + rng.choice(["", "*"])
+            return f"comm {rng.choice(['==', '!='])} '{glob}'"
         if depth == 0 or rng.random() < 0.3:
             a, b = rng.choice(leaves), rng.choice([str(rng.randint(0, 70000)), "-1", "0x8000",
                                                   rng.choice(leaves)])
@@ -188,20 +193,25 @@ def test_kernel_c_means_what_user_space_means(tmp_path) -> None:
         return rng.choice([0, 1, 7, 0x8000, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, (1 << 64) - 1,
                            (1 << 64) - 4095, rng.getrandbits(64), rng.getrandbits(16)])
 
-    filters = []
-    while len(filters) < 40:
+    filters = [(t, split_for_kernel(t, scope)[0]) for t in
+               [f"comm {op} '{g}'" for g in ("ba*", "bash*", "b*", "*", "nginx", "bash", "ba",
+                                            "python3.1*", "x" * 15, "é*", "")
+                for op in ("==", "!=")]]
+    assert all(c is not None for _, c in filters)
+    while len(filters) < 60:
         text = gen(3)
         c, rest = split_for_kernel(text, scope)
         if c is not None and rest is None:
             filters.append((text, c))
     events = [event(pid=rng.randint(0, 1 << 22), tid=rng.randint(0, 1 << 22),
-                    cpu=rng.randint(0, 64), args=[value() for _ in range(6)], retval=value())
+                    cpu=rng.randint(0, 64), args=[value() for _ in range(6)], retval=value(),
+                    comm=rng.choice(comms))
               for _ in range(25)]
     lines = ["#include <stdio.h>", "#include <stdint.h>",
              "typedef int8_t s8; typedef int16_t s16; typedef int32_t s32; typedef int64_t s64;",
              "typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32;",
              "typedef uint64_t u64;",
-             "static int f(int k, u64 id, u32 cpu, u64 *args, u64 retval) {",
+             "static int f(int k, u64 id, u32 cpu, u64 *args, u64 retval, u64 c0, u64 c1) {",
              "  s64 pid = id >> 32, tid = (u32)id;",
              "  s64 a0 = args[0], a1 = args[1], a2 = args[2], a3 = args[3], a4 = args[4],"
              " a5 = args[5];",
@@ -211,9 +221,11 @@ def test_kernel_c_means_what_user_space_means(tmp_path) -> None:
     lines += ["  }", "  return -1; }", "int main(void) {"]
     for e in events:
         args = ", ".join(f"{a}ULL" for a in e.args)
+        raw = e.comm.encode()[:15].ljust(16, b"\0")  # as bpf_get_current_comm() fills it
+        c0, c1 = (int.from_bytes(raw[i:i + 8], "little") for i in (0, 8))
         lines.append(f"  {{ u64 a[6] = {{{args}}}; for (int k = 0; k < {len(filters)}; k++) "
                      f"printf(\"%d\", f(k, ((u64){e.pid} << 32) | {e.tid}u, {e.cpu}u, a, "
-                     f"{e.retval}ULL)); printf(\"\\n\"); }}")
+                     f"{e.retval}ULL, {c0}ULL, {c1}ULL)); printf(\"\\n\"); }}")
     lines.append("  return 0; }")
     src, exe = tmp_path / "f.c", tmp_path / "f"
     src.write_text("\n".join(lines) + "\n")

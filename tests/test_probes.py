@@ -156,10 +156,11 @@ def test_snapshot_stays_first_with_a_kernel_filter(require_root, require_bcc, so
     after the branch snapshot: the snapshot is still the first helper call of every path."""
     from bpflbr_shell.trace.filter import Scope, split_for_kernel
 
-    c, rest = split_for_kernel("pid == 4242 && (tid != 7 || cpu == 0) && retval < 0", Scope())
+    c, rest = split_for_kernel("pid == 4242 && (tid != 7 || cpu == 0) && retval < 0 && "
+                               "comm == 'ba*'", Scope())
     assert c is not None and rest is None
     b = build(source, {"CAPTURE_LBR": 1, "LBR_ENTRIES": 32, "EMIT_ENTRY": 1, "PAIR_EXIT": 1,
-                       "FILTER_EXPR": c}, "bcc", tmp_path)  # type: ignore[dict-item]
+                       "FILTER_EXPR": c, "FILTER_COMM": 1}, "bcc", tmp_path)  # type: ignore[dict-item]
     try:
         for fn in functions:
             insns = b.dump_func(fn.encode())

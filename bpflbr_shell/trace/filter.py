@@ -607,9 +607,48 @@ def _to_c(node: Node, scope: Scope) -> str:  # noqa: C901 - one case per node
         if node.op not in ("!", "-"):
             raise _NotKernel
         return f"{node.op}({_to_c(node.operand, scope)})"
+    if isinstance(node, Binary) and node.op in ("==", "!=") and _is_comm_glob(node):
+        return _comm_c(node)
     if isinstance(node, Binary) and node.op in _C_OPS:
         return f"({_to_c(node.left, scope)}) {node.op} ({_to_c(node.right, scope)})"
-    raise _NotKernel  # strings, comm, duration, lbr has, arithmetic: user space
+    raise _NotKernel  # other strings, duration, lbr has, arithmetic: user space
+
+
+COMM_LEN = 16  # TASK_COMM_LEN: 15 bytes and the NUL
+
+
+def _is_comm_glob(node: Binary) -> bool:
+    """``comm == 'nginx'`` or ``comm == 'ngi*'``: an exact name, or a prefix (one trailing
+    ``*``, no other glob character), of at most 15 bytes."""
+    names = [n for n in (node.left, node.right) if isinstance(n, Name)]
+    strs = [n for n in (node.left, node.right) if isinstance(n, Str)]
+    if len(names) != 1 or names[0].name != "comm" or len(strs) != 1:
+        return False
+    body = strs[0].value.removesuffix("*")
+    return not any(c in body for c in "*?[") and len(body.encode()) < COMM_LEN
+
+
+def _comm_c(node: Binary) -> str:
+    """comm compared as two little-endian 8-byte words (c0, c1) with the literal's bytes,
+    masked to the prefix for ``'ngi*'``: integers only reach the C."""
+    (glob,) = [n.value for n in (node.left, node.right) if isinstance(n, Str)]
+    prefix = glob.endswith("*")
+    data = glob.removesuffix("*").encode()
+    full = data.ljust(COMM_LEN, b"\0")
+    mask = (b"\xff" * len(data) if prefix else b"\xff" * COMM_LEN).ljust(COMM_LEN, b"\0")
+    terms = []
+    for k in range(2):
+        m = int.from_bytes(mask[8 * k:8 * k + 8], "little")
+        v = int.from_bytes(full[8 * k:8 * k + 8], "little")
+        if m:
+            terms.append(f"((c{k} & {m}ULL) == {v}ULL)")
+    test = " && ".join(terms) if terms else "1LL"
+    return f"({test})" if node.op == "==" else f"!({test})"
+
+
+def uses_comm(c: str) -> bool:
+    """Whether generated C reads comm (the probe then reads it before the filter)."""
+    return re.search(r"\bc[01]\b", c) is not None
 
 
 def _conjuncts(node: Node) -> list[Node]:

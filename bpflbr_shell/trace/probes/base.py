@@ -54,6 +54,18 @@ def capture_options(spec: TraceSpec, ustack: bool | None = None,
                           ringbuf_pages=spec.ring_pages)
 
 
+def kernel_filter_knobs(capture: CaptureOptions) -> Callable[[str], None]:
+    """What a plan calls with a filter's generated C: the probe compiles it (FILTER_EXPR),
+    reading comm first when the C compares it (FILTER_COMM)."""
+    def give(c: str) -> None:
+        from bpflbr_shell.trace.filter import uses_comm
+
+        capture.extra["FILTER_EXPR"] = c
+        capture.extra["FILTER_COMM"] = int(uses_comm(c))
+
+    return give
+
+
 def possible_cpus() -> int:
     """How many CPU ids the kernel may use (one event ring each): /sys's ``possible`` range."""
     from bpflbr_shell.kernel.perf import cpu_list

@@ -110,7 +110,7 @@ class CapturedStderr:
 
 # FILTER_EXPR, generated from a filter's AST: integer literals, the probe's own names and C
 # operators only; checked here again, token by token, before it reaches the compiler
-_FILTER_TOKEN = re.compile(r"\s*(?:-?\d+LL|pid|tid|cpu|retval|a[0-5]"
+_FILTER_TOKEN = re.compile(r"\s*(?:-?\d+LL|\d+ULL|pid|tid|cpu|retval|a[0-5]|c[01]"
                            r"|\((?:s8|s16|s32|u8|u16|u32|s64)\)"
                            r"|==|!=|<=|>=|&&|\|\||[<>&|^!()~-])")
 

@@ -21,7 +21,12 @@ from typing import TYPE_CHECKING, Any
 from bpflbr_shell.errors import FeatureError, NotFoundError, PrivilegeError, UsageError
 from bpflbr_shell.kernel import libbpf
 from bpflbr_shell.trace.events import Event
-from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer, capture_options
+from bpflbr_shell.trace.probes.base import (
+    CaptureOptions,
+    ProbeTracer,
+    capture_options,
+    kernel_filter_knobs,
+)
 from bpflbr_shell.trace.probes.bccprog import CapturedStderr, ensure_tracefs
 from bpflbr_shell.trace.spec import OnEvent, PlanContext, TracePlan, TraceSpec
 
@@ -382,7 +387,7 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
                       attached=attached, requires=BACKEND_FEATURES[b], returns=exit_,
                       prototype=(lambda: signature_of(funcs[0].asked or funcs[0].name))
                       if len(funcs) == 1 else None,
-                      kernel_filter=lambda c: capture.extra.__setitem__("FILTER_EXPR", c))
+                      kernel_filter=kernel_filter_knobs(capture))
             for b in plan_backends(spec.option("backend", "auto"))]
 
 

@@ -23,7 +23,12 @@ from bpflbr_shell.kernel.model import ProgInfo
 from bpflbr_shell.kernel.values import Signature
 from bpflbr_shell.trace.events import MAX_ARGS, Event
 from bpflbr_shell.trace.lbr import AddrRange
-from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer, capture_options
+from bpflbr_shell.trace.probes.base import (
+    CaptureOptions,
+    ProbeTracer,
+    capture_options,
+    kernel_filter_knobs,
+)
 from bpflbr_shell.trace.spec import PlanContext, TracePlan, TraceSpec
 
 NOT_TRACEABLE_TYPES = {"tracing": "a tracing (fentry/fexit) program",
@@ -212,5 +217,5 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
         summary=f"{what} on {len(targets)} BPF function(s): {names}",
         targets=[f"{t.name} (prog {t.prog_id})" for t in targets], requires="tracing-prog",
         returns=exit_, prototype=(lambda: targets[0].signature) if len(targets) == 1 else None,
-        kernel_filter=lambda c: capture.extra.__setitem__("FILTER_EXPR", c),
+        kernel_filter=kernel_filter_knobs(capture),
         params={t.addr: t.signature or Signature.from_names(t.params) for t in targets})]

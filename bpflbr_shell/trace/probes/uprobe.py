@@ -21,7 +21,12 @@ from bpflbr_shell.symbols.user import ProbeSite
 from bpflbr_shell.trace.events import MAX_ARGS, RET_STR, Event
 from bpflbr_shell.trace.lbr import USER_SPACE, AddrRange
 from bpflbr_shell.trace.probes import bccprog, elfsyms
-from bpflbr_shell.trace.probes.base import CaptureOptions, ProbeTracer, capture_options
+from bpflbr_shell.trace.probes.base import (
+    CaptureOptions,
+    ProbeTracer,
+    capture_options,
+    kernel_filter_knobs,
+)
 from bpflbr_shell.trace.spec import PlanContext, TracePlan, TraceSpec
 
 MAX_TARGETS = 256
@@ -431,7 +436,7 @@ def plan(spec: TraceSpec, ctx: PlanContext) -> list[TracePlan]:
         summary=f"{spec.kind} on {len(targets)} function(s) of {targets[0].binary}: {names}",
         targets=[f"{t.binary}:{t.name}" for t in targets], attached=attached,
         requires="uprobes", returns=retprobe, prototype=_prototype(targets, user_syms),
-        kernel_filter=lambda c: capture.extra.__setitem__("FILTER_EXPR", c))]
+        kernel_filter=kernel_filter_knobs(capture))]
 
 
 def _prototype(targets: list[UserTarget], user_syms: Any) -> Callable[[], Any] | None:
