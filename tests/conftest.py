@@ -175,3 +175,24 @@ def example_workload(require_root: None) -> Iterator[ExampleWorkload]:
         yield ExampleWorkload(ids, proc.pid, by_name)
     finally:
         stop_workload(proc)
+
+
+def gcc_oracle(directory: Path, source: str, headers: tuple[str, ...] = ()) -> dict[str, int]:
+    """Compile ``source`` (a C program printing ``key value`` lines) with gcc and run it: the
+    independent oracle for struct layouts and constants as the system headers have them. Skips,
+    naming what is missing, without gcc or one of ``headers``."""
+    import shutil
+
+    import pytest
+
+    gcc = shutil.which("gcc")
+    if gcc is None:
+        pytest.skip("gcc not installed: no independent oracle for struct layouts")
+    for hdr in headers:
+        if not os.path.exists(hdr):
+            pytest.skip(f"{hdr} missing (linux-libc-dev / libbpf-dev)")
+    src, exe = directory / "oracle.c", directory / "oracle"
+    src.write_text(source)
+    subprocess.run([gcc, "-O0", "-o", str(exe), str(src)], check=True, capture_output=True)
+    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
+    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}

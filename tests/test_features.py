@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import gcc_oracle
 
 from bpflbr_shell.errors import FeatureError, UsageError
 from bpflbr_shell.kernel import features as F
@@ -131,18 +132,8 @@ def _oracle_source() -> str:
 @pytest.fixture(scope="module")
 def c_oracle(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
     """sizeof/offsetof/constants as gcc sees them in the system headers."""
-    gcc = shutil.which("gcc")
-    if gcc is None:
-        pytest.skip("gcc not installed: no independent oracle for struct layouts")
-    for hdr in ("/usr/include/linux/perf_event.h",):
-        if not os.path.exists(hdr):
-            pytest.skip(f"{hdr} missing (linux-libc-dev)")
-    d = tmp_path_factory.mktemp("oracle")
-    src, exe = d / "oracle.c", d / "oracle"
-    src.write_text(_oracle_source())
-    subprocess.run([gcc, "-O0", "-o", str(exe), str(src)], check=True, capture_output=True)
-    out = subprocess.run([str(exe)], check=True, capture_output=True, text=True).stdout
-    return {k: int(v) for k, v in (line.split() for line in out.splitlines())}
+    return gcc_oracle(tmp_path_factory.mktemp("oracle"), _oracle_source(),
+                      ("/usr/include/linux/perf_event.h",))
 
 
 def test_perf_event_attr_matches_gcc(c_oracle: dict[str, int]) -> None:

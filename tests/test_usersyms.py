@@ -28,7 +28,7 @@ from bpflbr_shell.render.events import (
 )
 from bpflbr_shell.trace.events import RET_STR, STR_SHOWN, CapturedStr, Event
 
-drgn = pytest.importorskip("drgn")
+drgn = pytest.importorskip("drgn", reason="needs drgn (pip install drgn: scripts/bootstrap.sh)")
 
 
 def mapped_path(name: str, pid: int | str = "self") -> str:
@@ -178,7 +178,7 @@ def test_ifunc_implementation_is_what_the_loader_chose(libc) -> None:
 
 
 def test_resolve_ifuncs_swaps_the_resolver_for_the_implementation(libc) -> None:
-    pytest.importorskip("bcc")
+    pytest.importorskip("bcc", reason="needs BCC (apt-get install python3-bpfcc)")
     from bpflbr_shell.symbols.user import UserSymbolizer
     from bpflbr_shell.trace.probes.uprobe import resolve_ifuncs, resolve_targets
 
@@ -205,7 +205,7 @@ PYENV_PY = Path.home() / ".pyenv/versions/3.11.7/bin/python3.11"
 def test_pid_resolves_the_copy_the_process_maps() -> None:
     """The pyenv python links its own libpython3.11.so.1.0; ldconfig knows Debian's. Without
     --pid the short name chose Debian's copy and the trace saw nothing, silently."""
-    pytest.importorskip("bcc")
+    pytest.importorskip("bcc", reason="needs BCC (apt-get install python3-bpfcc)")
     from bpflbr_shell.trace.probes.uprobe import resolve_binary
 
     if not PYENV_PY.exists():
@@ -235,7 +235,7 @@ def test_pid_resolves_the_copy_the_process_maps() -> None:
 
 
 def test_pid_that_does_not_map_the_file_is_said() -> None:
-    pytest.importorskip("bcc")
+    pytest.importorskip("bcc", reason="needs BCC (apt-get install python3-bpfcc)")
     from bpflbr_shell.trace.probes.uprobe import resolve_binary
 
     notes: list[str] = []
@@ -383,7 +383,7 @@ def test_format_str() -> None:
 
 
 def test_str_spec_and_knobs(libc) -> None:
-    pytest.importorskip("bcc")
+    pytest.importorskip("bcc", reason="needs BCC (apt-get install python3-bpfcc)")
     from bpflbr_shell.errors import UsageError
     from bpflbr_shell.symbols.user import UserSymbolizer
     from bpflbr_shell.trace.probes.uprobe import parse_str_spec, resolve_targets, string_knobs

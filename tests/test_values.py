@@ -277,7 +277,7 @@ def test_btf_value_types_by_the_spec() -> None:
 # ---- DWARF: drgn types --------------------------------------------------------------------------
 
 def test_drgn_types_as_value_types() -> None:
-    drgn = pytest.importorskip("drgn")
+    drgn = pytest.importorskip("drgn", reason="needs drgn (pip install drgn: scripts/bootstrap.sh)")
     from bpflbr_shell.symbols.user import value_type
 
     prog = drgn.Program(drgn.host_platform)

@@ -170,15 +170,6 @@ class BccObject(ProbeObject):
             maps[spec.name] = (fd, spec)
         super().__init__(maps, patches)
 
-    def functions(self) -> list[str]:
-        return list(self._funcs)
-
-    def _raw_func(self, name: str) -> tuple[bytes, dict[str, list[int]]]:
-        try:
-            return self._funcs[name]
-        except KeyError:
-            raise ValueError(f"the program has no function {name}") from None
-
     def _release(self) -> None:
         bpf, self.bpf = self.bpf, None
         if bpf is not None:

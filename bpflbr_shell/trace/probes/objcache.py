@@ -227,15 +227,6 @@ class CachedObject(ProbeObject):
         super().__init__({spec.name: (fd, spec) for spec, fd in
                           zip(entry.maps, fds, strict=True)}, patches)
 
-    def functions(self) -> list[str]:
-        return list(self._funcs)
-
-    def _raw_func(self, name: str) -> tuple[bytes, dict[str, list[int]]]:
-        try:
-            return self._funcs[name]
-        except KeyError:
-            raise ValueError(f"the program has no function {name}") from None
-
     def _release(self) -> None:
         close_all(self._map_fds)
         self._map_fds = []

@@ -103,16 +103,27 @@ class ProbeObject:
 
     builder = "?"
 
+    # set by the builder before __init__: name -> (bytecode with map fds in place, the
+    # placeholder slots of the runtime knobs)
+    _funcs: dict[str, tuple[bytes, dict[str, list[int]]]]
+
     def __init__(self, maps: dict[str, tuple[int, MapSpec]], patches: dict[str, int]) -> None:
         self.maps = maps
         self.patches = patches  # runtime knob -> value patched into every function
         self._progs: dict[tuple[str, int], int] = {}
         self._events: list[int] = []  # perf event fds of kprobes attached here
 
-    # what a builder provides ------------------------------------------------------------------
+    def functions(self) -> list[str]:
+        return list(self._funcs)
+
     def _raw_func(self, name: str) -> tuple[bytes, dict[str, list[int]]]:
         """The function's bytecode (map fds in place) and its placeholder slots."""
-        raise NotImplementedError
+        try:
+            return self._funcs[name]
+        except KeyError:
+            raise ValueError(f"the program has no function {name}") from None
+
+    # what a builder provides ------------------------------------------------------------------
 
     def _release(self) -> None:
         raise NotImplementedError
