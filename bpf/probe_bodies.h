@@ -36,7 +36,7 @@ static __always_inline int entry_probe(PROBE_CTX ctx)
     probe_args(ctx, ev->args);
     if (PAIR_EXIT)
         stash_for_exit(id, key_ip, now, func_ip, ev->args);
-    if (rejected(id, c.cpu, ev->args, 0)) {
+    if (rejected(id, c.cpu, ev->args, 0, NO_DURATION, 0)) {
         unclaim(&c);
         return 0;
     }
@@ -65,7 +65,7 @@ static __always_inline int exit_probe(PROBE_CTX ctx)
     else
         copy_args(ev->args, st.args);
     u64 retval = probe_retval(ctx);
-    if (rejected(id, c.cpu, ev->args, retval)) {
+    if (rejected(id, c.cpu, ev->args, retval, duration, 1)) {
         unclaim(&c);
         return 0;
     }

@@ -131,14 +131,43 @@ static __always_inline int filtered_out(u64 id)
 }
 
 /* A filter compiled from the tool's own AST (bpflbr_shell/trace/filter.py): FILTER_EXPR is a C
- * expression of integer literals, the names below and operators, nothing else (the tool
- * checks every token before passing it); it runs after the branch snapshot, once the event's
- * values are in. A rejected hit counts STAT_FILTERED. */
+ * expression of integer literals, the names below, the two readers and operators, nothing
+ * else (the tool checks every token before passing it); it runs after the branch snapshot,
+ * once the event's values are in. ex: an exit (the return value is known); dk: the duration
+ * is known (a paired exit). A rejected hit counts STAT_FILTERED. */
 #ifdef FILTER_EXPR
-static __always_inline int rejected(u64 id, u32 cpu, u64 *args, u64 retval)
+/* n bytes (a constant, at most 8) of a struct member at ptr + off, little-endian; 0 through a
+ * NULL pointer or when the read faults. Kernel memory is the upper half on x86-64. */
+static __always_inline u64 bpflbr_rd(u64 ptr, u64 off, u64 n)
+{
+    u64 v = 0;
+    if (!ptr)
+        return 0;
+    if ((s64)ptr < 0)
+        bpf_probe_read_kernel(&v, n, (void *)(ptr + off));
+    else
+        bpf_probe_read_user(&v, n, (void *)(ptr + off));
+    return v;
+}
+
+/* The 8 bytes of a C string at addr + off, zero after its NUL (the string helpers stop at
+ * it): a string compare reads word k only once words 0..k-1 matched, so never past the NUL. */
+static __always_inline u64 bpflbr_strw(u64 addr, u64 off)
+{
+    u64 buf[2] = {};
+    if ((s64)addr < 0)
+        bpf_probe_read_kernel_str(buf, 9, (void *)(addr + off));
+    else
+        bpf_probe_read_user_str(buf, 9, (void *)(addr + off));
+    return buf[0];
+}
+
+static __always_inline int rejected(u64 id, u32 cpu, u64 *args, u64 retval, u64 dur,
+                                    int is_exit)
 {
     s64 pid = id >> 32, tid = (u32)id;
     s64 a0 = args[0], a1 = args[1], a2 = args[2], a3 = args[3], a4 = args[4], a5 = args[5];
+    s64 ex = is_exit, dk = dur != NO_DURATION;
 #if FILTER_COMM
     u64 comm_words[2] = {};
     bpf_get_current_comm(comm_words, sizeof(comm_words)); /* comm as two little-endian words */
@@ -150,7 +179,7 @@ static __always_inline int rejected(u64 id, u32 cpu, u64 *args, u64 retval)
     return 1;
 }
 #else
-#define rejected(id, cpu, args, retval) 0
+#define rejected(id, cpu, args, retval, dur, is_exit) 0
 #endif
 #ifndef FILTER_COMM
 #define FILTER_COMM 0

@@ -155,10 +155,27 @@ def test_comm_globs_are_fnmatch(glob: str, comm: str) -> None:
     assert f.accepts(event(comm=comm)) == fnmatch.fnmatchcase(comm, glob)
 
 
+HARNESS = """#include <stdio.h>
+#include <stdint.h>
+#include <string.h>
+typedef int8_t s8; typedef int16_t s16; typedef int32_t s32; typedef int64_t s64;
+typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32; typedef uint64_t u64;
+/* the probe's readers (bpf/probe_common.h), on this process's memory */
+static u64 bpflbr_rd(u64 ptr, u64 off, u64 n) {
+  u64 v = 0; if (!ptr) return 0; memcpy(&v, (char *)(uintptr_t)(ptr + off), n); return v; }
+static u64 bpflbr_strw(u64 addr, u64 off) {
+  u64 buf[2] = {0}; const char *p = (const char *)(uintptr_t)(addr + off);
+  for (int i = 0; i < 8 && p[i]; i++) ((char *)buf)[i] = p[i];
+  return buf[0]; }
+"""
+
+
 def test_kernel_c_means_what_user_space_means(tmp_path) -> None:
     """The C generated for the kernel part, compiled by gcc (the oracle for C's semantics)
-    with the probe's own variable types, accepts exactly the events the user-space evaluator
-    accepts: random filters over pid, tid, cpu, typed args and retval, on random values."""
+    with the probe's own variable types and readers, accepts exactly the events the
+    user-space evaluator accepts: random filters over pid, tid, cpu, comm, typed args
+    (unsigned 64-bit and char * included), retval, errors and duration, on random values,
+    entries (no retval) and unpaired exits (no duration) among them."""
     import random
     import shutil
     import subprocess
@@ -170,18 +187,27 @@ def test_kernel_c_means_what_user_space_means(tmp_path) -> None:
         pytest.skip("needs gcc as the oracle for C semantics")
     rng = random.Random(7)
     sig = Signature((("fd", ValueType(4, signed=True)), ("n", ValueType(2)),
-                     ("off", ValueType(8, signed=True))), ValueType(4, signed=True))
-    scope = Scope(prototype=lambda: sig, event_signature=lambda e: sig)
-    leaves = ["pid", "tid", "cpu", "fd", "n", "off", "retval", "arg0", "errors"]
-
+                     ("off", ValueType(8, signed=True)), ("size", ValueType(8)),
+                     ("name", ValueType(8, pointer=True, string=True))),
+                    ValueType(4, signed=True))
+    scope = Scope(prototype=lambda: sig, event_signature=lambda e: sig, strings=True)
+    leaves = ["pid", "tid", "cpu", "fd", "n", "off", "retval", "arg0", "errors", "size",
+              "duration"]
     comms = ["bash", "bashful", "ba", "nginx", "x" * 15, "", "python3.11", "é"]
+    names = ["/etc/passwd", "/etc/pass", "/etc/passwd2", "", "/", "a" * 8, "a" * 9,
+             "/usr/lib/x86_64-linux-gnu/libc.so.6"]
 
     def gen(depth: int) -> str:
-        if rng.random() < 0.15:
+        r = rng.random()
+        if r < 0.1:
             glob = rng.choice(comms)[: rng.randint(0, 15)] + rng.choice(["", "*"])
             return f"comm {rng.choice(['==', '!='])} '{glob}'"
+        if r < 0.2:
+            glob = rng.choice(names)[: rng.randint(0, 40)] + rng.choice(["", "*"])
+            return f"name {rng.choice(['==', '!='])} '{glob}'"
         if depth == 0 or rng.random() < 0.3:
             a, b = rng.choice(leaves), rng.choice([str(rng.randint(0, 70000)), "-1", "0x8000",
+                                                  "1500ns", "18446744073709551615",
                                                   rng.choice(leaves)])
             op = rng.choice(["==", "!=", "<", "<=", ">", ">=", "&", "|", "^"])
             return a if a == "errors" else f"{a} {op} {b}"
@@ -196,36 +222,48 @@ def test_kernel_c_means_what_user_space_means(tmp_path) -> None:
     filters = [(t, split_for_kernel(t, scope)[0]) for t in
                [f"comm {op} '{g}'" for g in ("ba*", "bash*", "b*", "*", "nginx", "bash", "ba",
                                             "python3.1*", "x" * 15, "é*", "")
-                for op in ("==", "!=")]]
+                for op in ("==", "!=")]
+               + [f"name {op} '{g}'" for g in ("/etc/passwd", "/etc/*", "a" * 8, "a" * 8 + "*",
+                                              "", "*") for op in ("==", "!=")]]
     assert all(c is not None for _, c in filters)
-    while len(filters) < 60:
+    while len(filters) < 90:
         text = gen(3)
         c, rest = split_for_kernel(text, scope)
         if c is not None and rest is None:
             filters.append((text, c))
-    events = [event(pid=rng.randint(0, 1 << 22), tid=rng.randint(0, 1 << 22),
-                    cpu=rng.randint(0, 64), args=[value() for _ in range(6)], retval=value(),
-                    comm=rng.choice(comms))
-              for _ in range(25)]
-    lines = ["#include <stdio.h>", "#include <stdint.h>",
-             "typedef int8_t s8; typedef int16_t s16; typedef int32_t s32; typedef int64_t s64;",
-             "typedef uint8_t u8; typedef uint16_t u16; typedef uint32_t u32;",
-             "typedef uint64_t u64;",
-             "static int f(int k, u64 id, u32 cpu, u64 *args, u64 retval, u64 c0, u64 c1) {",
+    events = []
+    for _ in range(30):
+        kind = rng.choice(["entry", "exit", "exit"])
+        name = rng.choice(names)
+        events.append(event(
+            pid=rng.randint(0, 1 << 22), tid=rng.randint(0, 1 << 22), cpu=rng.randint(0, 64),
+            args=[value() for _ in range(4)] + [0, 0], kind=kind,
+            retval=value() if kind == "exit" else None,
+            duration_ns=rng.choice([None, 0, 1500, 10**9]) if kind == "exit" else None,
+            comm=rng.choice(comms),
+            strings=((4, CapturedStr(len(name) + 1, name.encode())),)))
+    lines = [HARNESS,
+             "static int f(int k, u64 id, u32 cpu, u64 *args, u64 retval, u64 dur, int is_exit,"
+             " u64 c0, u64 c1) {",
              "  s64 pid = id >> 32, tid = (u32)id;",
              "  s64 a0 = args[0], a1 = args[1], a2 = args[2], a3 = args[3], a4 = args[4],"
              " a5 = args[5];",
-             "  (void)a1; (void)a2; (void)a3; (void)a4; (void)a5;",
+             "  s64 ex = is_exit, dk = dur != 0xffffffffffffffffULL;",
+             "  (void)a1; (void)a2; (void)a3; (void)a4; (void)a5; (void)ex; (void)dk;",
              "  switch (k) {"]
     lines += [f"  case {k}: return ({c}) ? 1 : 0;" for k, (_, c) in enumerate(filters)]
     lines += ["  }", "  return -1; }", "int main(void) {"]
     for e in events:
-        args = ", ".join(f"{a}ULL" for a in e.args)
         raw = e.comm.encode()[:15].ljust(16, b"\0")  # as bpf_get_current_comm() fills it
         c0, c1 = (int.from_bytes(raw[i:i + 8], "little") for i in (0, 8))
-        lines.append(f"  {{ u64 a[6] = {{{args}}}; for (int k = 0; k < {len(filters)}; k++) "
+        name = e.strings[0][1].data.decode()
+        args = ", ".join([*(f"{a}ULL" for a in e.args[:4]), "(u64)(uintptr_t)name", "0"])
+        dur = 0xFFFFFFFFFFFFFFFF if e.duration_ns is None else e.duration_ns
+        lines.append(f"  {{ static const char name[] = \"{name}\"; u64 a[6] = {{{args}}}; "
+                     f"for (int k = 0; k < {len(filters)}; k++) "
                      f"printf(\"%d\", f(k, ((u64){e.pid} << 32) | {e.tid}u, {e.cpu}u, a, "
-                     f"{e.retval}ULL, {c0}ULL, {c1}ULL)); printf(\"\\n\"); }}")
+                     f"{e.retval or 0}ULL, {dur}ULL, {int(e.kind == 'exit')}, {c0}ULL, "
+                     f"{c1}ULL)); printf(\"\\n\"); }}")
     lines.append("  return 0; }")
     src, exe = tmp_path / "f.c", tmp_path / "f"
     src.write_text("\n".join(lines) + "\n")
@@ -234,4 +272,5 @@ def test_kernel_c_means_what_user_space_means(tmp_path) -> None:
                           text=True).stdout.split()
     for e, row in zip(events, rows, strict=True):
         for (text, _), got in zip(filters, row, strict=True):
-            assert (got == "1") == bind(text, scope).accepts(e), (text, e.args, e.retval)
+            assert (got == "1") == bind(text, scope).accepts(e), (text, e.kind, e.args,
+                                                                  e.retval, e.duration_ns)

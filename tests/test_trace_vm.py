@@ -311,6 +311,73 @@ def test_kfunc_filter_runs_in_the_kernel(shell: Shell, reader: Reader, backend: 
     assert [e["retval"] for e in failed] == [-errno.EBADF]
 
 
+class FileReader:
+    """A child process reading when told to, ``count`` bytes at a time, from a blocking pipe,
+    a non-blocking pipe (O_NONBLOCK in f_flags) and a file named bpflbr-member-test: the same
+    vfs_read counts through three different struct files."""
+
+    SCRIPT = (
+        "import os, sys\n"
+        "path = os.path.join(sys.argv[1], 'bpflbr-member-test')\n"
+        "with open(path, 'wb') as f:\n"
+        "    f.write(b'x' * 10000)\n"
+        "r1, w1 = os.pipe()\n"
+        "r2, w2 = os.pipe()\n"
+        "os.set_blocking(r2, False)\n"
+        "print('ready', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    for n in map(int, line.split()):\n"
+        "        os.write(w1, b'z' * n); os.read(r1, n)\n"
+        "        os.write(w2, b'z' * n); os.read(r2, n)\n"
+        "        fd = os.open(path, os.O_RDONLY); os.read(fd, n); os.close(fd)\n"
+        "    print('done', flush=True)\n"
+    )
+
+    def __init__(self, directory: str) -> None:
+        self.proc = subprocess.Popen([sys.executable, "-c", self.SCRIPT, directory],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+        self.pid = self.proc.pid
+        assert self.proc.stdout is not None and self.proc.stdout.readline().strip() == "ready"
+
+    def run(self, *sizes: int) -> None:
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(" ".join(map(str, sizes)) + "\n")
+        self.proc.stdin.flush()
+        assert self.proc.stdout.readline().strip() == "done"
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+@pytest.mark.parametrize("backend", ["multi", "fentry"])
+def test_kfunc_filter_on_struct_members(shell: Shell, tmp_path, backend: str) -> None:
+    """Members of vfs_read's struct file *, typed by the kernel's BTF and read in the probe:
+    f_flags (O_NONBLOCK) beside the count argument, and a string through two pointers and an
+    embedded struct (file->f_path.dentry->d_name.name). Each keeps exactly the reads the
+    workload made through that kind of file; the rest are rejected in the kernel."""
+    reader = FileReader(str(tmp_path))
+    sizes = (50, 200, 300, 5000)
+    try:
+        cases = [("file->f_flags & 0x800 && count > 100", [200, 300, 5000]),
+                 ("file->f_path.dentry->d_name.name == 'bpflbr-m*'", list(sizes))]
+        for expr, want in cases:
+            before = max((e["id"] for e in shell.json("show events 1 --json")), default=0)
+            shell.run(f"trace kfunc vfs_read --backend {backend} --pid {reader.pid} --bg "
+                      f"--quiet --no-lbr --if \"{expr}\"")
+            reader.run(*sizes)
+            wait_delivered(shell, len(want))
+            stats = shell.json("show stats --json")[-1]
+            shell.run("trace stop")
+            events = [e for e in shell.json("show events 100 --json")
+                      if e["func"] == "vfs_read" and e["id"] > before]
+            assert [e["args"]["count"] for e in events] == want, (backend, expr)
+            assert stats["filtered_kernel"] >= 3 * len(sizes) - len(want), stats
+            assert stats["filtered_user"] == 0, stats
+    finally:
+        reader.close()
+
+
 def test_module_functions_are_tagged(shell: Shell) -> None:
     dry = shell.run("trace kfunc 'p9_*' --dry-run")
     assert "[9pnet" in dry, dry  # 9p is a module in the guest (it carries the root fs)

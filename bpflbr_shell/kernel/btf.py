@@ -11,7 +11,7 @@ import struct
 from dataclasses import dataclass
 
 from bpflbr_shell.errors import KernelDataError
-from bpflbr_shell.kernel.values import VOID, Signature, ValueType
+from bpflbr_shell.kernel.values import VOID, Member, Signature, ValueType
 
 BTF_MAGIC = 0xEB9F
 
@@ -43,7 +43,9 @@ class BtfType:
     vlen: int
     kind_flag: bool
     ref: int  # "type" for refs/funcs/protos; size for ints, structs, enums
-    extra: tuple[int, ...]  # array: (elem_type, index_type, nelems); int: (encoding,)
+    # array: (elem_type, index_type, nelems); int: (encoding,); struct/union: (where its
+    # members start in the blob,), read when asked (vmlinux has ~10k structs)
+    extra: tuple[int, ...]
     params: tuple[tuple[str, int], ...]  # FUNC_PROTO: (name, type_id)
 
 
@@ -77,6 +79,7 @@ class Btf:
         self.strings = strings
         self.base = base
         self.first_id = len(base.types) if base is not None else 1  # this object's own types
+        self.blob = b""  # the parsed bytes: struct members are read from them when asked
 
     @classmethod
     def parse(cls, blob: bytes, base: Btf | None = None) -> Btf:
@@ -104,6 +107,8 @@ class Btf:
                 extra = struct.unpack_from("<III", blob, pos)
             elif kind == KIND_INT:
                 extra = struct.unpack_from("<I", blob, pos)
+            elif kind in (KIND_STRUCT, KIND_UNION):
+                extra = (pos,)
             elif kind == KIND_FUNC_PROTO:
                 params = tuple(
                     (btf.string(p_name), p_type)
@@ -116,6 +121,7 @@ class Btf:
             tid += 1
         if pos != end:
             raise KernelDataError("BTF type section does not end on a type boundary")
+        btf.blob = blob
         return btf
 
     def string(self, offset: int) -> str:
@@ -189,8 +195,47 @@ class Btf:
         if t.kind in (KIND_ENUM, KIND_ENUM64):  # kind_flag: signed values (btf.rst)
             return ValueType(t.ref, t.kind_flag, False, name)
         if t.kind == KIND_PTR:
-            return ValueType(POINTER_SIZE, False, True, name or self.declaration(t.id, ""))
+            target = self.resolve(t.ref)
+            pointee = (BtfAggregate(self, target.id) if target is not None
+                       and target.kind in (KIND_STRUCT, KIND_UNION, KIND_FWD) else None)
+            chars = target is not None and target.kind == KIND_INT and target.ref == 1
+            return ValueType(POINTER_SIZE, False, True, name or self.declaration(t.id, ""),
+                             string=chars, pointee=pointee)
         return None
+
+    def resolve(self, type_id: int) -> BtfType | None:
+        """The type ``type_id`` names once typedefs, modifiers and type tags are gone."""
+        t = self.type(type_id)
+        for _ in range(32):
+            if t is None or t.kind not in _TRANSPARENT:
+                return t
+            t = self.type(t.ref)
+        return None
+
+    def members(self, type_id: int) -> list[tuple[str, int, int]]:
+        """``(name, type id, offset word)`` of each member of a struct or union, as BTF
+        stores them ('' for an anonymous member)."""
+        if type_id < self.first_id and self.base is not None:
+            return self.base.members(type_id)
+        t = self.type(type_id)
+        if t is None or t.kind not in (KIND_STRUCT, KIND_UNION) or not t.extra:
+            return []
+        pos = t.extra[0]
+        return [(self.string(n), ty, off)
+                for n, ty, off in struct.iter_unpack("<III", self.blob[pos:pos + 12 * t.vlen])]
+
+    def complete_aggregate(self, t: BtfType) -> BtfType:
+        """A forward declaration's full definition when this BTF has one by that name."""
+        if t.kind != KIND_FWD or not t.name:
+            return t
+        index = self.__dict__.get("_aggregate_index")
+        if index is None:
+            index = {}
+            for cand in self.types[1:]:
+                if cand is not None and cand.kind in (KIND_STRUCT, KIND_UNION) and cand.name:
+                    index.setdefault((cand.kind == KIND_UNION, cand.name), cand)
+            self.__dict__["_aggregate_index"] = index
+        return index.get((t.kind_flag, t.name), t)
 
     def func_signature(self, type_id: int) -> Signature | None:
         """Parameter names (``argN`` when unnamed) and value types, and the return type, of
@@ -245,6 +290,80 @@ class Btf:
             base = "union " if t.kind_flag else "struct "
         name = f"{base}{t.name or '(anon)'}"
         return f"{name} {decl}".rstrip()
+
+
+class BtfAggregate:
+    """A struct or union of a BTF object, as filters walk it (kernel.values.Aggregate):
+    members found by name, anonymous members' own included at their real offsets."""
+
+    def __init__(self, btf: Btf, type_id: int) -> None:
+        self.btf = btf
+        found = btf.type(type_id)
+        self.type = btf.complete_aggregate(found) if found is not None else None
+
+    @property
+    def name(self) -> str:
+        t = self.type
+        if t is None:
+            return "struct ?"
+        union = t.kind == KIND_UNION or (t.kind == KIND_FWD and t.kind_flag)
+        return f"{'union' if union else 'struct'} {t.name or '(anon)'}"
+
+    @property
+    def complete(self) -> bool:
+        return self.type is not None and self.type.kind in (KIND_STRUCT, KIND_UNION)
+
+    def member(self, name: str) -> Member | None:
+        return self._find(self.type, name, 0, 0) if self.complete else None
+
+    def member_names(self) -> list[str]:
+        out: list[str] = []
+        self._names(self.type, out, 0)
+        return out
+
+    def _names(self, t: BtfType | None, out: list[str], depth: int) -> None:
+        if t is None or depth > 8:
+            return
+        for mname, mtype, _ in self.btf.members(t.id):
+            if mname:
+                out.append(mname)
+            else:
+                inner = self.btf.resolve(mtype)
+                if inner is not None and inner.kind in (KIND_STRUCT, KIND_UNION):
+                    self._names(inner, out, depth + 1)
+
+    def _find(self, t: BtfType | None, name: str, base_bits: int, depth: int) -> Member | None:
+        if t is None or depth > 8:
+            return None
+        for mname, mtype, word in self.btf.members(t.id):
+            bits, bit_size = (word & 0xFFFFFF, word >> 24) if t.kind_flag else (word, 0)
+            if not mname:  # an anonymous struct or union: C finds its members through it
+                inner = self.btf.resolve(mtype)
+                if inner is not None and inner.kind in (KIND_STRUCT, KIND_UNION):
+                    found = self._find(inner, name, base_bits + bits, depth + 1)
+                    if found is not None:
+                        return found
+                continue
+            if mname == name:
+                return self._member(mname, mtype, base_bits + bits, bit_size)
+        return None
+
+    def _member(self, name: str, type_id: int, bits: int, bit_size: int) -> Member:
+        btf = self.btf
+        c_type = btf.declaration(type_id, "")
+        t = btf.resolve(type_id)
+        if t is not None and t.kind == KIND_INT and not bit_size and t.extra:
+            nr_bits, int_offset = t.extra[0] & 0xFF, (t.extra[0] >> 16) & 0xFF
+            if nr_bits and nr_bits < t.ref * 8:  # an old-style bitfield: the int says so
+                bit_size, bits = nr_bits, bits + int_offset
+        if t is not None and t.kind in (KIND_STRUCT, KIND_UNION):
+            return Member(name, bits // 8, None, c_type, embedded=BtfAggregate(btf, t.id))
+        if t is not None and t.kind == KIND_ARRAY:
+            elem = btf.resolve(t.extra[0])
+            chars = elem is not None and elem.kind == KIND_INT and elem.ref == 1
+            return Member(name, bits // 8, None, c_type, char_array=t.extra[2] if chars else 0)
+        return Member(name, bits // 8, btf.value_type(type_id), c_type,
+                      bit_shift=bits % 8 if bit_size else 0, bit_size=bit_size)
 
 
 class KernelBtfs:

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field as dc_field
+from typing import Protocol
 
 REG_BITS = 64
 
@@ -31,6 +33,9 @@ class ValueType:
     # a pointer to char (through typedefs and qualifiers): a C string the probe can copy;
     # ``char **`` and ``void *`` are not
     string: bool = False
+    # a pointer to a struct or union: its members, for filters (``skb->len``); not part of
+    # the value's identity
+    pointee: Aggregate | None = dc_field(default=None, compare=False, hash=False, repr=False)
 
     @property
     def integer(self) -> bool:
@@ -56,6 +61,38 @@ class ValueType:
 
 
 VOID = ValueType(0, name="void")
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    """One member of a struct or union, where a filter reads it: ``offset`` bytes from the
+    aggregate's start (a bitfield: ``bit_size`` bits from bit ``bit_shift`` of the bytes
+    there), and what it holds: an integer or pointer (``vtype``), an aggregate by value
+    (``embedded``: ``.`` goes on), or a char array (``char_array`` bytes: a string)."""
+
+    name: str
+    offset: int
+    vtype: ValueType | None
+    c_type: str  # as C writes it, for messages
+    bit_shift: int = 0
+    bit_size: int = 0  # 0: not a bitfield
+    embedded: Aggregate | None = None
+    char_array: int = 0
+
+
+class Aggregate(Protocol):
+    """A struct or union type as BTF (kernel) or DWARF (user code) describes it; anonymous
+    members' own members are found through it, at their real offsets, as C finds them."""
+
+    @property
+    def name(self) -> str: ...  # "struct sk_buff"
+
+    @property
+    def complete(self) -> bool: ...  # False: only declared here (no members known)
+
+    def member(self, name: str) -> Member | None: ...
+
+    def member_names(self) -> list[str]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -37,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from bpflbr_shell.kernel.values import VOID, Signature, ValueType
+from bpflbr_shell.kernel.values import VOID, Member, Signature, ValueType
 from bpflbr_shell.symbols.kernel import USER_SPACE_END, Location
 
 MAX_PROCESSES = 256
@@ -157,8 +157,85 @@ def value_type(t: Any) -> ValueType | None:
             return None
         return ValueType(drgn.sizeof(compatible), bool(compatible.is_signed), False, name)
     if kind == drgn.TypeKind.POINTER:
-        return ValueType(t.size, False, True, name, _is_char(t.type))
+        target = _unqualified(t.type)
+        pointee = (DwarfAggregate(target) if target.kind in (drgn.TypeKind.STRUCT,
+                                                            drgn.TypeKind.UNION) else None)
+        return ValueType(t.size, False, True, name, _is_char(t.type), pointee)
     return None
+
+
+def _unqualified(t: Any) -> Any:
+    import drgn
+
+    for _ in range(32):
+        t = t.unqualified()
+        if t.kind != drgn.TypeKind.TYPEDEF:
+            break
+        t = t.type
+    return t
+
+
+class DwarfAggregate:
+    """A struct or union of user code's DWARF, as filters walk it (kernel.values.Aggregate):
+    members by name, anonymous members' own included at their real offsets."""
+
+    def __init__(self, t: Any) -> None:
+        self.t = t
+
+    @property
+    def name(self) -> str:
+        return str(self.t.type_name())
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.t.is_complete())
+
+    def member(self, name: str) -> Member | None:
+        return self._find(self.t, name, 0, 0) if self.complete else None
+
+    def member_names(self) -> list[str]:
+        out: list[str] = []
+        self._names(self.t, out, 0)
+        return out
+
+    def _names(self, t: Any, out: list[str], depth: int) -> None:
+        if depth > 8 or not t.is_complete():
+            return
+        for m in t.members:
+            if m.name:
+                out.append(m.name)
+            else:
+                self._names(_unqualified(m.type), out, depth + 1)
+
+    def _find(self, t: Any, name: str, base_bits: int, depth: int) -> Member | None:
+        import drgn
+
+        if depth > 8 or not t.is_complete():
+            return None
+        for m in t.members:
+            bits = base_bits + m.bit_offset
+            if not m.name:
+                inner = _unqualified(m.type)
+                if inner.kind in (drgn.TypeKind.STRUCT, drgn.TypeKind.UNION):
+                    found = self._find(inner, name, bits, depth + 1)
+                    if found is not None:
+                        return found
+                continue
+            if m.name != name:
+                continue
+            target = _unqualified(m.type)
+            c_type = m.type.type_name()
+            if target.kind in (drgn.TypeKind.STRUCT, drgn.TypeKind.UNION):
+                return Member(name, bits // 8, None, c_type, embedded=DwarfAggregate(target))
+            if target.kind == drgn.TypeKind.ARRAY:
+                elem = _unqualified(target.type)
+                chars = elem.kind == drgn.TypeKind.INT and elem.size == 1
+                return Member(name, bits // 8, None, c_type,
+                              char_array=(target.length or 0) if chars else 0)
+            size = m.bit_field_size or 0
+            return Member(name, bits // 8, value_type(m.type), c_type,
+                          bit_shift=bits % 8 if size else 0, bit_size=size)
+        return None
 
 
 def _is_char(t: Any) -> bool:

@@ -428,27 +428,30 @@ class Session:
         texts = [t for t in [spec.filter if spec else None, *self.filters.values()] if t]
         if not texts:
             return None  # and the filter language is not even imported
-        from bpflbr_shell.trace.filter import Scope, bind, split_for_kernel
+        from bpflbr_shell.trace.filter import Scope, bind, has_members, parse, split_for_kernel
 
         scope = Scope(prototype=(plan.prototype if plan and plan.prototype
                                  else lambda: None),
                       has_retval=bool(plan and plan.returns), symbolize=self.symbolize,
-                      event_signature=self.params_of)
+                      event_signature=self.params_of,
+                      strings=bool(spec and spec.kind in ("uprobe", "uretprobe")))
         text: str | None = " && ".join(f"({t})" for t in texts) if len(texts) > 1 \
             else texts[0]
         if kernel and plan is not None and plan.kernel_filter is not None and text:
             c, text = split_for_kernel(text, scope)
             if c is not None:
                 plan.kernel_filter(c)
+        elif text and has_members(parse(text)):
+            bind(text, scope)  # refused, naming the member: only a probe reads members
         return bind(text, scope) if text else None
 
     def add_filter(self, text: str) -> tuple[int, list[Trace]]:
         """A session filter for every new trace and the running ones (re-bound now, in user
         space); its id and the running traces it applies to. A filter that does not fit a
         running trace is refused whole, naming the term."""
-        from bpflbr_shell.trace.filter import check_terms, parse
+        from bpflbr_shell.trace.filter import parse
 
-        check_terms(parse(text), text)  # syntax and terms first; names per trace, when bound
+        parse(text)  # the syntax first; names are checked per trace, when bound
         running = [t for t in self.traces.values() if t.running]
         fid = self._next_filter
         self.filters[fid] = text

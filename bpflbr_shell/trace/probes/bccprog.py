@@ -110,9 +110,10 @@ class CapturedStderr:
 
 # FILTER_EXPR, generated from a filter's AST: integer literals, the probe's own names and C
 # operators only; checked here again, token by token, before it reaches the compiler
-_FILTER_TOKEN = re.compile(r"\s*(?:-?\d+LL|\d+ULL|pid|tid|cpu|retval|a[0-5]|c[01]"
-                           r"|\((?:s8|s16|s32|u8|u16|u32|s64)\)"
-                           r"|==|!=|<=|>=|&&|\|\||[<>&|^!()~-])")
+_FILTER_TOKEN = re.compile(r"\s*(?:-?\d+LL\b|\d+ULL\b"
+                           r"|(?:pid|tid|cpu|retval|a[0-5]|c[01]|dur|dk|ex|bpflbr_rd|bpflbr_strw)\b"
+                           r"|\((?:s8|s16|s32|u8|u16|u32|s64|u64)\)"
+                           r"|==|!=|<=|>=|<<|>>|&&|\|\||[<>&|^!()~+?:,-])")
 
 
 def check_filter_expr(expr: str) -> str:
