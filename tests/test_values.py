@@ -265,8 +265,9 @@ def test_btf_value_types_by_the_spec() -> None:
     assert g.params[1][1] == ValueType(8, True, False, "big")
     assert g.params[2][1] == ValueType(8, False, False, "ubig")
     assert g.params[3][1] is None and g.params[4][1] is None  # struct by value, float
-    assert g.params[5][1] == ValueType(8, False, True, "string_t")
+    assert g.params[5][1] == ValueType(8, False, True, "string_t", string=True)  # char *
     assert g.ret == ValueType(8, False, True, "struct pair *")
+    assert g.ret.pointee is not None and g.ret.pointee.name == "struct pair"
     assert g.args([M64, M64, M64, 7, 8, 9]) == {"arg0": -1, "e": -1, "u": M64, "p": 7,
                                                "d": 8, "s": 9}
 
