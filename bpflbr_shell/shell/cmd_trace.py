@@ -525,14 +525,17 @@ filter delete ID          drop one;  filter clear: drop all
 trace KIND ... --if EXPR  one trace's own filter, beside the session's
 
 EXPR: pid, tid, cpu, comm ('bash*': a glob), retval, duration (10us, 2ms), arg0..arg5 and the
-prototype's argument names, errors (retval in [-4095, -1], or NULL from a pointer function),
-lbr has GLOB / lbr ! has GLOB (the LBR passes through a matching function), numbers in any
-base, strings, == != < <= > >=, & | ^ << >> + -, ! ~, && ||, parentheses.
-Where: each top-level && term made of integers, pid, tid, cpu and args or retval of integer
-types (typed by the prototype) is compiled into the probe and runs in the kernel, after the LBR
-snapshot; strings, comm, duration, lbr has and untyped values run in user space on decoded
-events. A filter added while traces run applies to them in user space. 'show stats' counts
-both (IN_KERNEL, IN_USER)."""
+prototype's argument names, struct members through them (skb->len, file->f_path.dentry,
+typed by BTF or DWARF), errors (retval in [-4095, -1], or NULL or an ERR_PTR from a pointer
+function), lbr has GLOB / lbr ! has GLOB (the LBR passes through a matching function), numbers
+in any base, strings, == != < <= > >=, & | ^ << >> + -, ! ~, && ||, parentheses.
+Where: each top-level && term the kernel evaluates exactly as user space would is compiled
+into the probe and runs after the LBR snapshot: integers, pid, tid, cpu, typed args and
+retval, duration, members (read in the kernel only: a NULL pointer reads as 0), comm and
+char * strings compared with an exact string or a prefix ('abc*'). Other globs, arithmetic and
+lbr has run in user space on decoded events; a member term that cannot go whole is refused.
+A filter added while traces run applies to them in user space (members: new traces only).
+'show stats' counts both (IN_KERNEL, IN_USER)."""
 
 
 @command("filter", help="keep only the events an expression accepts ('help filter')",
