@@ -18,7 +18,8 @@ import pytest
 from bpflbr_shell.errors import SelectorError, UsageError
 from bpflbr_shell.kernel.selectors import parse_selector
 from bpflbr_shell.shell import Context, load_builtin_commands
-from bpflbr_shell.shell.runner import run_file, run_line
+from bpflbr_shell.shell.runner import run_line
+from bpflbr_shell.shell.scripts import run_file
 
 REPO = Path(__file__).resolve().parent.parent
 SECRET = "root:$6$hunter2SECRETsalt$TOPSECRETHASH:19700:0:99999:7:::"

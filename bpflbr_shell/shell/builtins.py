@@ -1,4 +1,5 @@
-"""Commands every session has: help, quit, set, show settings, source, echo."""
+"""Commands every session has: help, quit, set, show settings, echo (``source``, ``define``
+and ``document`` live with the script reader in scripts.py, ``py``/``python`` in pyexec.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from bpflbr_shell.shell.registry import (
     Command,
     argument,
     command,
-    complete_path,
     int_range,
 )
-from bpflbr_shell.shell.runner import run_file
 
 if TYPE_CHECKING:  # records load with the first command that returns one
     from bpflbr_shell.render.present import Settings, Text
@@ -134,12 +133,6 @@ def cmd_show_settings(ctx: Context, args: argparse.Namespace) -> Settings:
         ctx.settings.lookup(args.name)
         items = [(n, v) for n, v in items if n == args.name]
     return Settings([(n, v, SETTINGS[n].help) for n, v in items], format_value)
-
-
-@command("source", help="run a command script (.lbr); stops at the first failing line")
-@argument("file", metavar="FILE", help="script path", completer=complete_path)
-def cmd_source(ctx: Context, args: argparse.Namespace) -> None:
-    run_file(ctx, args.file)
 
 
 @command("echo", help="print the rest of the line verbatim (handy in scripts)", raw=True)

@@ -155,6 +155,8 @@ class Context:
     exit_requested: bool = False
     exit_code: int = 0
     source_depth: int = 0
+    #: (script, line) of the command running now, for code that reports where it came from
+    location: tuple[str, int] | None = None
     _kernel: KernelView | None = field(default=None, repr=False)
     _readers: list[LineReader] = field(default_factory=list, repr=False)
 
