@@ -133,11 +133,17 @@ def _compile(source: str, filename: str, line_offset: int, expression_ok: bool
         try:
             tree = ast.parse(source, filename, "eval")
             is_expr = True
-        except SyntaxError:
+        except (SyntaxError, MemoryError, RecursionError, UnicodeError, ValueError):
             tree = None
     try:
         if tree is None:
             tree = ast.parse(source, filename, "exec")
+    except (MemoryError, RecursionError):  # CPython's parser on deeply nested input
+        raise PythonError(f"{filename}: the Python is too deeply nested to parse",
+                          "simplify it") from None
+    except (UnicodeError, ValueError):  # undecodable bytes from argv (surrogates), NUL
+        raise PythonError(f"{filename}: the Python holds characters it cannot read",
+                          "type it again in UTF-8") from None
     except SyntaxError as exc:
         line = (exc.lineno or 1) + line_offset
         err = PythonError(f"{filename}:{line}: SyntaxError: {exc.msg}", "check the Python")
