@@ -32,16 +32,16 @@ int main(void)
     while (read(0, &cmd, 1) == 1) {
         if (cmd != 'c')
             continue;
-        for (int i = 0; i < %d; i++)
+        for (int i = 0; i < FAILS; i++)
             close(-1);
-        for (int i = 0; i < %d; i++)
+        for (int i = 0; i < OKS; i++)
             close(dup(2));
         printf("done\n");
         fflush(stdout);
     }
     return 0;
 }
-""" % (FAILS, OKS)
+""".replace("FAILS", str(FAILS)).replace("OKS", str(OKS))
 
 
 @pytest.fixture()
@@ -95,7 +95,7 @@ def test_py_counts_failed_calls_of_a_live_trace(target) -> None:
         assert _py(ctx, "len(events)") == str(FAILS + OKS)
         assert _py(ctx, "len([e for e in events if e.retval < 0])") == str(FAILS)
         assert _py(ctx, "sorted({e.retval for e in events})") == "[-1, 0]"
-        assert _py(ctx, "{e.pid for e in events} == {%d}" % target.pid) == "True"
+        assert _py(ctx, f"{{e.pid for e in events}} == {{{target.pid}}}") == "True"
         # the namespace lasts: a name bound by one line is there for the next
         _py(ctx, "failed = [e for e in events if e.retval < 0]")
         assert _py(ctx, "len(failed), failed[0].func") == f"({FAILS}, 'close')"
@@ -172,8 +172,8 @@ def test_run_show_progs_returns_records_matching_bpftool(example_workload) -> No
         assert before & after <= ours <= before | after
         assert set(example_workload) <= ours
         assert _py(ctx, "type(run('show progs')[0]).__name__") == "'ProgInfo'"
-        names = _py(ctx, "sorted(p.name for p in run('show progs') if p.id in %s)"
-                    % sorted(example_workload))
+        wanted = sorted(example_workload)
+        names = _py(ctx, f"sorted(p.name for p in run('show progs') if p.id in {wanted})")
         assert names != "[]"
     finally:
         ctx.close()

@@ -125,8 +125,9 @@ def namespace(ctx: Context) -> dict[str, Any]:
 
 # -- running ----------------------------------------------------------------------------------
 def _compile(source: str, filename: str, line_offset: int, expression_ok: bool
-             ) -> tuple[CodeType, bool]:
-    """(code, is an expression); SyntaxError becomes one line with a caret."""
+             ) -> tuple[CodeType, CodeType | None]:
+    """(statements, the value's expression or None): ``a = 1; a`` runs ``a = 1`` and
+    shows ``a``, as Python's own prompt would. SyntaxError becomes one line with a caret."""
     tree: ast.Module | ast.Expression | None = None
     is_expr = False
     if expression_ok:
@@ -152,7 +153,16 @@ def _compile(source: str, filename: str, line_offset: int, expression_ok: bool
         raise err from None
     if line_offset:
         ast.increment_lineno(tree, line_offset)
-    return compile(tree, filename, "eval" if is_expr else "exec"), is_expr
+    if is_expr:
+        assert isinstance(tree, ast.Expression)
+        return compile(ast.Module([], []), filename, "exec"), compile(tree, filename, "eval")
+    assert isinstance(tree, ast.Module)
+    last: CodeType | None = None
+    tail = tree.body[-1] if tree.body else None
+    if expression_ok and isinstance(tail, ast.Expr):
+        tree.body.pop()
+        last = compile(ast.Expression(tail.value), filename, "eval")
+    return compile(tree, filename, "exec"), last
 
 
 def remember_source(filename: str, source: str, line_offset: int = 0) -> None:
@@ -183,16 +193,15 @@ def run_python(ctx: Context, source: str, *, filename: str, line_offset: int = 0
     """Run user code in the session namespace; an expression's value is returned (and kept
     as ``_``). User errors raised inside (``run('bad')``) stay one line; anything else is
     reported as :func:`report` does."""
-    code, is_expr = _compile(source, filename, line_offset, expression_ok)
+    code, last = _compile(source, filename, line_offset, expression_ok)
     remember_source(filename, source, line_offset)
     ns = namespace(ctx)
+    value = None
     try:
         with contextlib.redirect_stdout(ctx.stdout):
-            if is_expr:
-                value = eval(code, ns)  # noqa: S307 - the user's own typed Python
-            else:
-                exec(code, ns)  # noqa: S102 - the user's own typed Python
-                value = None
+            exec(code, ns)  # noqa: S102 - the user's own typed Python
+            if last is not None:
+                value = eval(last, ns)  # noqa: S307 - the user's own typed Python
     except UserError:
         raise
     except KeyboardInterrupt:
