@@ -258,3 +258,15 @@ def test_only_the_users_python_is_ever_compiled() -> None:
                 names = [a.name for a in node.names] + [getattr(node, "module", "") or ""]
                 assert "pickle" not in names and "marshal" not in names, path
     assert found == allowed
+
+
+def test_the_worked_example_loads_and_answers(tmp_path: Path) -> None:
+    ctx = Context(builtins_registry(), out=io.StringIO(), err=io.StringIO())
+    assert run_line(ctx, f"source {REPO / 'examples' / 'lbr_hops.py'}"), err(ctx)
+    assert run_line(ctx, "hops --top 3")
+    assert out(ctx) == "no events counted yet (trace something first)\n"
+    assert run_line(ctx, "help hops") and "LBR hops per traced function" in out(ctx)
+    assert not run_line(ctx, "hops --only-errors maybe")
+    assert "argument --only-errors: invalid choice: 'maybe'" in err(ctx)
+    session = ctx.state["trace"].session
+    assert [g.__name__ for g in session.gates] == ["count", "keep"]

@@ -207,3 +207,25 @@ def test_real_terminal_with_pexpect(tmp_path: Path) -> None:
     assert child.exitstatus == 0
     assert stat.S_IMODE(hist.stat().st_mode) == 0o600
     assert "+shwo" in hist.read_text()
+
+
+def test_define_and_python_blocks_at_the_prompt(ctx: Context) -> None:
+    code, _ = drive(ctx, [
+        ("define hi\r", lambda: "end with a line saying just 'end'" in err(ctx)),
+        ("  echo hi $arg0\r", None),
+        ("end\r", None),
+        ("hi there\r", lambda: out(ctx) == "hi there\n"),
+        ("python\r", None),
+        ("n = 6\r", None),
+        ("print(n * 7)\r", None),
+        ("end\r", lambda: out(ctx) == "hi there\n42\n"),
+        ("py n\r", lambda: out(ctx) == "hi there\n42\n6\n"),
+        ("quit\r", None),
+    ])
+    assert code == 0
+    from bpflbr_shell.shell.completion import candidates
+
+    # the user command completes beside the built-ins, with its one-line help
+    assert [(c.text, c.meta) for c in candidates(ctx, "h")[0]] == [
+        ("help", "list commands, or show one command's options"),
+        ("hi", "user-defined command")]
