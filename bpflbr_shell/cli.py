@@ -9,6 +9,9 @@ Exit rules (gdb-like, strict for scripts):
   (no prompt, no banner) that stops at the first failing line with status 1.
 - ``--batch`` never starts the REPL (overrides ``-i``; with nothing else to do it reads stdin).
 - ``quit N`` exits with status N.
+- First, unless ``--nx``: installed plugins and ``~/.config/bpflbr-shell/commands/*.py``
+  load (a broken one is reported, the shell goes on), then ``init.lbr`` there runs (a
+  failure there counts as the first failing step). ``$XDG_CONFIG_HOME`` is honoured.
 
 Start-up stays cheap: prompt_toolkit is imported only when the REPL starts, and the kernel view
 (bpf(2), BCC, drgn) only when a command first touches ``ctx.kernel``.
@@ -55,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
                         help="never start the interactive shell; stop and exit 1 at the "
                              "first failing command")
     parser.add_argument("-q", "--quiet", action="store_true", help="no start-up banner")
+    parser.add_argument("--nx", action="store_true",
+                        help="do not load ~/.config/bpflbr-shell/init.lbr, commands/*.py "
+                             "or installed plugins")
     parser.add_argument("--version", action="version", version=f"bpflbr-shell {__version__}")
     parser.set_defaults(steps=[])
     return parser
@@ -78,13 +84,26 @@ def open_kernel_view(ctx: Any) -> Any:
 
 def _run(opts: argparse.Namespace) -> int:
     from bpflbr_shell.shell import Context, load_builtin_commands, set_kernel_factory
-    from bpflbr_shell.shell.runner import execute_line, execute_script, run_file, run_guarded
+    from bpflbr_shell.shell.runner import execute_line, run_guarded
+    from bpflbr_shell.shell.scripts import execute_script, run_file, run_init
 
     set_kernel_factory(open_kernel_view)
     ctx = Context(load_builtin_commands())
     try:
         keep_going = opts.interactive and not opts.batch
         failed = False
+        if not opts.nx:
+            from bpflbr_shell.shell.extensions import autoload
+
+            autoload(ctx)
+            if not run_init(ctx):
+                failed = True
+                if ctx.exit_requested:
+                    return ctx.exit_code
+                if opts.batch or (opts.steps and not keep_going):
+                    return 1
+            if ctx.exit_requested:
+                return ctx.exit_code
         for kind, value in opts.steps:
             step = execute_line if kind == "c" else run_file
             ok = run_guarded(ctx, functools.partial(step, ctx, value))

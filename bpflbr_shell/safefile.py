@@ -129,3 +129,60 @@ def read_safe(path: str, limit: int, uid: int | None = None) -> bytes:
                 raise _refuse(path, f"larger than {limit} bytes")
     finally:
         os.close(fd)
+
+
+def trusted_owners() -> frozenset[int]:
+    """Who may own files the shell runs (scripts, the init file, extensions): root, the real
+    user and, under sudo, the user who ran sudo (``SUDO_UID``, set by sudo for root's
+    child; an invoker's own script must not need chown to root first)."""
+    owners = {0, os.getuid(), os.geteuid()}
+    sudo_uid = os.environ.get("SUDO_UID", "")
+    if os.geteuid() == 0 and sudo_uid.isdigit():
+        owners.add(int(sudo_uid))
+    return frozenset(owners)
+
+
+def read_trusted(path: str, limit: int, what: str = "file") -> bytes:
+    """A file whose contents the shell runs: not a symlink, regular, one link, owned by one
+    of :func:`trusted_owners` and writable by nobody else, in a directory with the same
+    owners and not writable by others unless sticky. Root executing what another user could
+    edit would run that user's code as root. Reads at most ``limit + 1`` bytes: more than
+    ``limit`` tells the caller the file is too large to be what it claims."""
+    owners = trusted_owners()
+    directory = os.path.dirname(os.path.abspath(path)) or "/"
+    st = os.stat(directory)  # OSError (no such directory) is the caller's to say
+    if st.st_uid not in owners:
+        raise _refuse(path, f"its directory is owned by uid {st.st_uid}")
+    if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
+        raise _refuse(path, f"its directory is writable by others "
+                            f"(mode {stat.S_IMODE(st.st_mode):o})")
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NOCTTY
+                     | os.O_NONBLOCK)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise _refuse(path, f"the {what} is a symlink") from None
+        raise
+    try:
+        fst = os.fstat(fd)
+        if not stat.S_ISREG(fst.st_mode):
+            raise _refuse(path, f"the {what} is not a regular file")
+        if fst.st_uid not in owners:
+            raise _refuse(path, f"the {what} is owned by uid {fst.st_uid}, "
+                                "not by you or root")
+        if fst.st_nlink != 1:
+            raise _refuse(path, f"the {what} has {fst.st_nlink} hard links")
+        if fst.st_mode & 0o022:
+            raise _refuse(path, f"the {what} is writable by others "
+                                f"(mode {stat.S_IMODE(fst.st_mode):o})")
+        chunks: list[bytes] = []
+        size = 0
+        while size <= limit:
+            chunk = os.read(fd, min(1 << 20, limit + 1 - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)

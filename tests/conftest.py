@@ -71,13 +71,14 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 # ---- shell helpers ----------------------------------------------------------------------------
 
 def builtins_registry():
-    """A fresh command registry holding only the shell's built-ins (help, set, source, ...),
+    """A fresh command registry holding only the shell's built-ins (help, set, source, py...),
     for tests that add their own commands beside them."""
-    from bpflbr_shell.shell import Registry, load_builtin_commands
+    from bpflbr_shell.shell import BUILTIN_MODULES, Registry, load_builtin_commands
 
     reg = Registry()
+    mine = {f"bpflbr_shell.shell.{name}" for name in BUILTIN_MODULES}
     for cmd in load_builtin_commands().commands():
-        if cmd.func.__module__ == "bpflbr_shell.shell.builtins":
+        if cmd.func.__module__ in mine:
             reg.add(cmd)
     return reg
 

@@ -22,7 +22,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from bpflbr_shell.shell import Context, load_builtin_commands
-from bpflbr_shell.shell.runner import run_file, run_guarded, run_line
+from bpflbr_shell.shell.runner import run_guarded, run_line
+from bpflbr_shell.shell.scripts import run_file
 
 REGISTRY = load_builtin_commands()
 COMMANDS = [c.name for c in REGISTRY.commands()]

@@ -1,8 +1,9 @@
 """Unit (no root): the package's import graph by layer has no arrow up.
 
 Every import of every module is read from its source (module level and inside functions: a
-lazy import up is still an arrow up). Layers, lowest first: the base (errors, safefile), kernel,
-symbols, trace, render, shell, cli. ``python tests/test_layers.py`` prints the graph."""
+lazy import up is still an arrow up). Layers, lowest first: the base (errors, safefile, the
+extension API's declarations), kernel, symbols, trace, render, shell, cli.
+``python tests/test_layers.py`` prints the graph."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "bpflbr_shell"
 LAYERS = ["base", "kernel", "symbols", "trace", "render", "shell", "cli"]
-BASE = {"bpflbr_shell", "bpflbr_shell.errors", "bpflbr_shell.safefile"}
+BASE = {"bpflbr_shell", "bpflbr_shell.errors", "bpflbr_shell.safefile", "bpflbr_shell.extensions"}
 
 
 def module_of(path: Path) -> str:

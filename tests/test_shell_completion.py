@@ -61,7 +61,8 @@ def test_split_for_completion() -> None:
 
 
 def test_command_words(ctx: Context) -> None:
-    assert texts(ctx, "") == ["disasm", "echo", "exit", "help", "quit", "set", "show", "source"]
+    assert texts(ctx, "") == ["define", "disasm", "document", "echo", "exit", "help", "py",
+                              "python", "quit", "set", "show", "source"]
     assert texts(ctx, "sh") == ["show"]
     assert texts(ctx, "show ") == ["ksym", "prog", "progs", "settings"]
     assert texts(ctx, "show pro") == ["prog", "progs"]

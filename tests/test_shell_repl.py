@@ -194,7 +194,8 @@ def test_real_terminal_with_pexpect(tmp_path: Path) -> None:
         child.expect_exact("did you mean 'show'?")
         child.expect_exact("(bpflbr)")
         # A command blocked in a syscall (opening a FIFO nobody writes): Ctrl-C stops only it.
-        child.sendline(f"source {fifo}")
+        # (`source FIFO` no longer blocks: a script that is not a regular file is refused.)
+        child.sendline(f"py open({str(fifo)!r}).read()")
         time.sleep(0.3)
         child.sendintr()
         child.expect_exact("interrupted")
@@ -206,3 +207,25 @@ def test_real_terminal_with_pexpect(tmp_path: Path) -> None:
     assert child.exitstatus == 0
     assert stat.S_IMODE(hist.stat().st_mode) == 0o600
     assert "+shwo" in hist.read_text()
+
+
+def test_define_and_python_blocks_at_the_prompt(ctx: Context) -> None:
+    code, _ = drive(ctx, [
+        ("define hi\r", lambda: "end with a line saying just 'end'" in err(ctx)),
+        ("  echo hi $arg0\r", None),
+        ("end\r", None),
+        ("hi there\r", lambda: out(ctx) == "hi there\n"),
+        ("python\r", None),
+        ("n = 6\r", None),
+        ("print(n * 7)\r", None),
+        ("end\r", lambda: out(ctx) == "hi there\n42\n"),
+        ("py n\r", lambda: out(ctx) == "hi there\n42\n6\n"),
+        ("quit\r", None),
+    ])
+    assert code == 0
+    from bpflbr_shell.shell.completion import candidates
+
+    # the user command completes beside the built-ins, with its one-line help
+    assert [(c.text, c.meta) for c in candidates(ctx, "h")[0]] == [
+        ("help", "list commands, or show one command's options"),
+        ("hi", "user-defined command")]

@@ -20,9 +20,14 @@ __all__ = [
 ]
 
 
+#: modules holding the commands every shell has, whatever cmd_* modules exist
+BUILTIN_MODULES = ("builtins", "scripts", "pyexec")
+
+
 def load_builtin_commands() -> Registry:
     """Import the built-ins and every ``cmd_*`` module here; returns the filled registry."""
-    importlib.import_module("bpflbr_shell.shell.builtins")
+    for name in BUILTIN_MODULES:
+        importlib.import_module(f"{__name__}.{name}")
     for info in sorted(pkgutil.iter_modules(__path__), key=lambda m: m.name):
         if info.name.startswith("cmd_"):
             importlib.import_module(f"{__name__}.{info.name}")

@@ -1,4 +1,5 @@
-"""Commands every session has: help, quit, set, show settings, source, echo."""
+"""Commands every session has: help, quit, set, show settings, echo (``source``, ``define``
+and ``document`` live with the script reader in scripts.py, ``py``/``python`` in pyexec.py)."""
 
 from __future__ import annotations
 
@@ -13,10 +14,8 @@ from bpflbr_shell.shell.registry import (
     Command,
     argument,
     command,
-    complete_path,
     int_range,
 )
-from bpflbr_shell.shell.runner import run_file
 
 if TYPE_CHECKING:  # records load with the first command that returns one
     from bpflbr_shell.render.present import Settings, Text
@@ -104,15 +103,20 @@ def cmd_quit(ctx: Context, args: argparse.Namespace) -> None:
     ctx.exit_code = args.code
 
 
-def _complete_set(ctx: Context, words: list[str], prefix: str) -> list[str]:
+def _complete_set(ctx: Context, words: list[str], prefix: str) -> list[tuple[str, str]]:
     if not words:
-        return sorted(SETTINGS)
-    if len(words) == 1 and words[0] in SETTINGS:
-        setting = SETTINGS[words[0]]
-        if setting.choices:
-            return list(setting.choices)
-        if isinstance(setting.default, bool):
-            return ["on", "off"]
+        return [(name, SETTINGS[name].help) for name in sorted(SETTINGS)]
+    if len(words) == 1:
+        try:
+            setting = ctx.settings.lookup(words[0])
+        except UsageError:
+            return []
+        values = setting.completions()
+        if setting.values and "," in prefix:  # a list: complete its last item
+            head = prefix[: prefix.rindex(",") + 1]
+            return [(head + v, "") for v in values]
+        return [(v, "now" if format_value(ctx.settings[setting.name]) == v else "")
+                for v in values]
     return []
 
 
@@ -131,15 +135,9 @@ def cmd_show_settings(ctx: Context, args: argparse.Namespace) -> Settings:
 
     items = ctx.settings.items()
     if args.name is not None:
-        ctx.settings.lookup(args.name)
-        items = [(n, v) for n, v in items if n == args.name]
+        name = ctx.settings.lookup(args.name).name
+        items = [(n, v) for n, v in items if n == name]
     return Settings([(n, v, SETTINGS[n].help) for n, v in items], format_value)
-
-
-@command("source", help="run a command script (.lbr); stops at the first failing line")
-@argument("file", metavar="FILE", help="script path", completer=complete_path)
-def cmd_source(ctx: Context, args: argparse.Namespace) -> None:
-    run_file(ctx, args.file)
 
 
 @command("echo", help="print the rest of the line verbatim (handy in scripts)", raw=True)

@@ -13,12 +13,16 @@ from typing import TYPE_CHECKING
 from bpflbr_shell.errors import NotFoundError
 from bpflbr_shell.kernel.selectors import SELECTOR_HELP, check_glob, parse_selector
 from bpflbr_shell.render import text as render
-from bpflbr_shell.shell.context import Context
+from bpflbr_shell.shell.context import Context, register_setting
 from bpflbr_shell.shell.registry import argument, command
 from bpflbr_shell.symbols.kernel import kernel_symbolizer
 
 if TYPE_CHECKING:  # records load with the first command that returns one
     from bpflbr_shell.render.present import Disassembly, Features, ProgDetails, Progs, Table, Text
+
+
+register_setting("disasm-syntax", "att", "disassembly syntax: att (AT&T) or intel "
+                 "(disasm prog --intel/--att for one command)", choices=("att", "intel"))
 
 
 def complete_prog(ctx: Context, prefix: str) -> Iterable[tuple[str, str]]:
@@ -129,7 +133,10 @@ def cmd_show_ksym(ctx: Context, args: argparse.Namespace) -> Text | Table:
           help=f"program selector: {SELECTOR_HELP}")
 @argument("func", nargs="?", metavar="FUNC",
           help="only this subprogram (BTF name, ksym name or index)")
-@argument("--intel", action="store_true", help="Intel syntax (default: AT&T)")
+@argument("--intel", action="store_const", const="intel", dest="syntax",
+          help="Intel syntax (default: the disasm-syntax setting)")
+@argument("--att", action="store_const", const="att", dest="syntax",
+          help="AT&T syntax (default: the disasm-syntax setting)")
 def cmd_disasm_prog(ctx: Context, args: argparse.Namespace) -> Disassembly:
     from bpflbr_shell.render.disasm import disassemble_prog
     from bpflbr_shell.render.present import Disassembly
@@ -139,7 +146,8 @@ def cmd_disasm_prog(ctx: Context, args: argparse.Namespace) -> Disassembly:
     kernel.progs()  # every program's ranges, so calls into other progs resolve with lines
     func = int(args.func) if args.func and args.func.isdigit() else args.func
     return Disassembly(prog, disassemble_prog(prog, kernel_symbolizer(kernel),
-                                              syntax="intel" if args.intel else "att",
+                                              syntax=args.syntax
+                                              or ctx.settings["disasm-syntax"],
                                               func=func))
 
 

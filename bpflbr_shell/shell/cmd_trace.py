@@ -58,7 +58,9 @@ def _store_size(text: str) -> int:
 
 register_setting("lbr-branch-types", "any",
                  "LBR branch filter: any, any_call, any_return, cond, call, ind_call, "
-                 "ind_jump, call_stack (comma-separated)", _branch_types)
+                 "ind_jump, call_stack (comma-separated)", _branch_types,
+                 values=("any", "any_call", "any_return", "cond", "call", "ind_call",
+                         "ind_jump", "call_stack", "abort_tx", "in_tx", "no_tx"))
 register_setting("event-store", 10000, "events kept in memory for 'show events'", _store_size)
 
 RING_MAX_PER_CPU = 4 << 20  # the kernel's cap on one array map value: one CPU's ring

@@ -48,7 +48,7 @@ def parse_bool(text: str) -> bool:
         return True
     if low in _FALSE:
         return False
-    raise ValueError("expected on or off")
+    raise ValueError("one of: on, off")
 
 
 def format_value(value: Any) -> str:
@@ -66,6 +66,16 @@ class Setting:
     help: str
     parse: Callable[[str], Any] = str
     choices: tuple[str, ...] = ()
+    # what completion offers when the value is not one of ``choices`` (a list's items)
+    values: tuple[str, ...] = ()
+
+    def completions(self) -> tuple[str, ...]:
+        """Values to offer after ``set NAME``."""
+        if self.choices:
+            return self.choices
+        if self.parse is parse_bool:
+            return ("on", "off")
+        return self.values
 
     def convert(self, text: str) -> Any:
         if self.choices and text not in self.choices:
@@ -81,10 +91,14 @@ class Setting:
 SETTINGS: dict[str, Setting] = {}
 
 
+#: other spellings ``set``/``show settings`` accept
+SETTING_ALIASES = {"colour": "color"}
+
+
 def register_setting(name: str, default: Any, help: str, parse: Callable[[str], Any] = str,
-                     choices: tuple[str, ...] = ()) -> Setting:
+                     choices: tuple[str, ...] = (), values: tuple[str, ...] = ()) -> Setting:
     """Declare a setting (``lbr-trim``, ...); idempotent so module reloads are harmless."""
-    setting = Setting(name, default, help, parse, choices)
+    setting = Setting(name, default, help, parse, choices, values)
     SETTINGS[name] = setting
     return setting
 
@@ -110,7 +124,7 @@ class Settings:
     @staticmethod
     def lookup(name: str) -> Setting:
         """The declared setting, or a UsageError suggesting the closest name."""
-        setting = SETTINGS.get(name)
+        setting = SETTINGS.get(SETTING_ALIASES.get(name, name))
         if setting is None:
             import difflib
 
@@ -120,8 +134,9 @@ class Settings:
         return setting
 
     def set(self, name: str, text: str) -> Any:
-        value = self.lookup(name).convert(text)
-        self.values[name] = value
+        setting = self.lookup(name)
+        value = setting.convert(text)
+        self.values[setting.name] = value
         return value
 
     def items(self) -> list[tuple[str, Any]]:
@@ -155,6 +170,8 @@ class Context:
     exit_requested: bool = False
     exit_code: int = 0
     source_depth: int = 0
+    #: (script, line) of the command running now, for code that reports where it came from
+    location: tuple[str, int] | None = None
     _kernel: KernelView | None = field(default=None, repr=False)
     _readers: list[LineReader] = field(default_factory=list, repr=False)
 

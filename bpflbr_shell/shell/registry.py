@@ -60,7 +60,7 @@ class _HelpAction(argparse.Action):
 
 
 #: ``help``'s groups, in the order it lists them (a command names its own; default "shell").
-CATEGORIES = ("tracing", "events", "programs", "kernel", "shell")
+CATEGORIES = ("tracing", "events", "programs", "kernel", "shell", "user")
 
 
 class _HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -181,6 +181,9 @@ class Command:
     # checked by the runner before the command runs; off for commands that check their
     # own way (a trace says why each backend it tried is missing, after the user's input)
     precheck: bool = True
+    # an extension's own argparse parser: its arguments are copied into ours (``parents=``),
+    # so it parses, helps and fails like a built-in
+    base_parser: argparse.ArgumentParser | None = None
     _parser: CommandParser | None = field(default=None, repr=False)
 
     @property
@@ -198,7 +201,14 @@ class Command:
         self._parser = None
 
     def _build_parser(self) -> CommandParser:
-        parser = CommandParser(prog=self.name, description=self.description or self.help or None)
+        base = self.base_parser
+        if base is not None:
+            parser = CommandParser(prog=self.name, description=self.description or
+                                   base.description or self.help or None, epilog=base.epilog,
+                                   parents=[base], conflict_handler="resolve")
+        else:
+            parser = CommandParser(prog=self.name,
+                                   description=self.description or self.help or None)
         if self.raw:
             parser.add_argument("text", nargs=argparse.REMAINDER, metavar="TEXT",
                                 help="the rest of the line, verbatim")
@@ -221,8 +231,12 @@ class Command:
             self.parser.error(str(exc))
 
     def value_completer(self, action: argparse.Action) -> ValueCompleter | None:
-        """The completer for one argparse action, looked up by dest or by metavar."""
+        """The completer for one argparse action, looked up by dest or by metavar, or the
+        action's own ``completer`` attribute (argcomplete's convention, for extensions)."""
         self.parser  # noqa: B018 - building the parser registers @argument completers
+        own = getattr(action, "completer", None)
+        if callable(own):
+            return own
         for key in (action.dest, action.metavar):
             if isinstance(key, str) and key in self.completers:
                 return self.completers[key]

@@ -1,7 +1,8 @@
 """Running command lines and scripts, and the one place that turns exceptions into lines.
 
 Every front end (REPL, ``-c``, ``-x``, stdin, ``source``) goes through :func:`execute_line`
-and :func:`run_guarded`, so they all split, dispatch and report errors the same way.
+and :func:`run_guarded`, so they all split, dispatch and report errors the same way; scripts
+(``FILE:LINE`` errors, continuation, ``define``) are read in scripts.py.
 """
 
 from __future__ import annotations
@@ -12,26 +13,22 @@ import os
 import re
 import sys
 import traceback
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 from bpflbr_shell import safefile
-from bpflbr_shell.errors import ScriptError, UsageError, UserError
+from bpflbr_shell.errors import UsageError, UserError
 from bpflbr_shell.render.present import present  # loaded now: output must not need an fd
 from bpflbr_shell.render.text import safe_line
 from bpflbr_shell.shell import preconditions
 from bpflbr_shell.shell.context import Context
 from bpflbr_shell.shell.lexer import Line, lex
-from bpflbr_shell.shell.registry import Command, HelpRequested, UnknownCommandError
+from bpflbr_shell.shell.registry import Command, HelpRequested
 
-#: ``source`` nesting limit: a script sourcing itself should fail, not blow the stack.
-MAX_SOURCE_DEPTH = 16
 #: Longest command line: shlex and fnmatch are superlinear (a 100k-character line took 22 s
 #: to split, 20,000 '[' 11 s to match); no real command comes near this.
 MAX_LINE = 4096
-#: Largest script ``source``/``-x`` reads (``-x /dev/zero`` read until MemoryError).
-MAX_SCRIPT_BYTES = 1 << 20
 
 
 def split_words(line: str) -> list[str]:
@@ -206,85 +203,3 @@ def _internal_error(ctx: Context, exc: BaseException) -> bool:
 def run_line(ctx: Context, line: str) -> bool:
     """One line at the top level: run it, report errors, say whether it worked."""
     return run_guarded(ctx, lambda: execute_line(ctx, line))
-
-
-def execute_script(ctx: Context, name: str, lines: Iterable[str]) -> None:
-    """Run command lines from a script; the first failure stops it.
-
-    A UserError becomes a ScriptError naming ``NAME:LINE`` (the innermost script's, when
-    scripts nest). Commands that read blocks (``ctx.read_line``) consume following lines.
-    """
-    if ctx.source_depth >= MAX_SOURCE_DEPTH:
-        raise ScriptError(f"{name}: scripts nested more than {MAX_SOURCE_DEPTH} deep",
-                          "does a script source itself?")
-    numbered: Iterator[tuple[int, str]] = enumerate(lines, start=1)
-
-    def more(prompt: str) -> str | None:
-        for _, extra in numbered:
-            return extra.rstrip("\n")
-        return None
-
-    ctx.source_depth += 1
-    ctx.push_reader(more)
-    ran_any = False
-    try:
-        for lineno, line in numbered:
-            if ctx.exit_requested:
-                break
-            try:
-                text = line.strip()
-                if text and not text.startswith("#"):
-                    execute_line(ctx, text)
-                    ran_any = True
-            except ScriptError:
-                raise
-            except UserError as exc:
-                if isinstance(exc, UnknownCommandError) and not ran_any:
-                    # a file whose first line is no command is not a script: say so without
-                    # quoting it (`-x /etc/shadow` printed the first line of the file)
-                    raise ScriptError(f"{name} is not a command script (line {lineno} does "
-                                      "not start with a command)", "see 'help'") from None
-                raise ScriptError(f"{name}:{lineno}: {exc.problem}", exc.fix) from exc
-            except Exception as exc:
-                if not hasattr(exc, "bpflbr_location"):
-                    # read back by _internal_error: where a bug surfaced in a script
-                    exc.bpflbr_location = f"{name}:{lineno}"  # type: ignore[attr-defined]
-                    exc.add_note(f"while running {name}:{lineno}")
-                raise
-    finally:
-        ctx.pop_reader()
-        ctx.source_depth -= 1
-
-
-def run_file(ctx: Context, path: str) -> None:
-    """``source FILE`` / ``-x FILE``: read the file (errors are user errors) and run it."""
-    import os
-
-    from bpflbr_shell.errors import NotFoundError
-
-    full = os.path.expanduser(path)
-    try:
-        with open(full, "rb") as fh:
-            data = fh.read(MAX_SCRIPT_BYTES + 1)
-    except FileNotFoundError:
-        raise NotFoundError(f"no such script: {path}", "check the path") from None
-    except IsADirectoryError:
-        raise NotFoundError(f"{path} is a directory, not a script", "check the path") from None
-    except OSError as exc:
-        raise NotFoundError(f"cannot read script {path}: {exc.strerror}", "check the file") \
-            from None
-    except ValueError:  # open() on a path holding NUL
-        raise UsageError("the script path holds a NUL character", "check the path") from None
-    # what is wrong with a file that is not a script is said without quoting it
-    if len(data) > MAX_SCRIPT_BYTES:
-        raise UsageError(f"{path} is not a command script (larger than {MAX_SCRIPT_BYTES} "
-                         "bytes)", "check the path")
-    if b"\0" in data:
-        raise UsageError(f"{path} is not a command script (it holds NUL bytes)",
-                         "check the path")
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{path} is not a command script (not UTF-8 text at byte "
-                         f"{exc.start})", "check the path") from None
-    execute_script(ctx, path, text.splitlines())

@@ -278,6 +278,10 @@ class Session:
         self.traces: dict[int, Trace] = {}
         self.store = EventStore(store_capacity)
         self.hooks: list[Callable[[Event], None]] = []
+        # before the store: a gate returning False (exactly) drops the event (counted as
+        # filtered in user space); extensions' @on_event hooks
+        self.gates: list[Callable[[Event], object]] = []
+        self._gates_failed: set[int] = set()
         self.notify = notify or _stderr_notice
         self._kernel_factory = kernel
         self._kernel: KernelView | None = None
@@ -507,6 +511,18 @@ class Session:
         if trace.printq is not None:
             trace.printq.put(event)  # never waits: a full queue counts a line not printed
 
+    def _gates_keep(self, event: Event) -> bool:
+        for gate in list(self.gates):
+            try:
+                if gate(event) is False:
+                    return False
+            except Exception as exc:  # a user's hook must not stop the trace: keep the event
+                if id(gate) not in self._gates_failed:  # said once, not once per event
+                    self._gates_failed.add(id(gate))
+                    self.notify(f"event hook {getattr(gate, '__name__', gate)} failed: "
+                                f"{type(exc).__name__}: {exc} (events are kept)")
+        return True
+
     def _enable_stats(self) -> None:
         """Run-time stats of our programs (bpf_stats) while traces run: a nicety, so a
         kernel that refuses leaves tracing as it is."""
@@ -548,6 +564,9 @@ class Session:
             deliver(trace, event, kstack, ustack)
             check = trace.filter
             if check is not None and not check.accepts(event):
+                trace.rejected_user += 1
+                return
+            if self.gates and not self._gates_keep(event):
                 trace.rejected_user += 1
                 return
             self.store.add(event)
