@@ -633,3 +633,22 @@ def test_kfunc_kernel_stack_hides_the_tracer(shell: Shell) -> None:
     full = shell.json(f"show event {event['id']} --json")
     assert full["kstack_hidden"] == 0 and len(full["kstack"]) == len(event["kstack"]) + 2
     assert full["kstack"][2] == top
+
+
+def test_py_prog_reads_the_live_kernel(shell: Shell, socket_filter, tmp_path) -> None:
+    """``py`` with drgn's ``prog`` on the live kernel (/proc/kcore, the guest has it): a
+    loaded program's JIT image, read through drgn at its kallsyms address, is byte for byte
+    what bpftool dumps through bpf(2)."""
+    _, prog_id = socket_filter
+    info = bpftool_ids("prog")[prog_id]
+    dump = tmp_path / "jited.bin"
+    subprocess.run(["bpftool", "prog", "dump", "jited", "id", str(prog_id), "file", str(dump)],
+                   check=True, capture_output=True)
+    want = dump.read_bytes()
+    assert len(want) == info["bytes_jited"] > 0
+    symbol = f"bpf_prog_{info['tag']}_{info['name']}"
+    with open("/proc/kallsyms") as f:
+        (addr,) = [int(line.split()[0], 16) for line in f if line.split()[2] == symbol]
+    assert addr, "kallsyms shows no addresses (kptr_restrict?)"
+    out = shell.run(f"py prog.read({addr:#x}, {len(want)}).hex()")
+    assert bytes.fromhex(out.strip().strip("'")) == want, out[:200]
