@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -199,22 +200,28 @@ def hello(shell, args):
 """
 
 
-@pytest.fixture(scope="module")
-def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """A real package with a ``bpflbr_shell.plugins`` entry point, built and installed by
-    pip (into a target directory on PYTHONPATH: the test venv itself stays as it was)."""
+@pytest.fixture
+def installed_plugin(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A real package with a ``bpflbr_shell.plugins`` entry point, built by pip and installed
+    into the test venv (this interpreter's), and uninstalled after the test."""
     src = tmp_path_factory.mktemp("plugin-src")
     (src / "pyproject.toml").write_text(PLUGIN_PYPROJECT)
     (src / "bpflbr_test_plugin.py").write_text(PLUGIN)
     (src / "bpflbr_test_plugin_broken.py").write_text("import no_such_module_here\n")
-    target = tmp_path_factory.mktemp("plugin-site")
-    res = subprocess.run([sys.executable, "-m", "pip", "install", "--no-index",
-                          "--no-build-isolation", "--no-deps", "--quiet", "--target",
-                          str(target), str(src)], capture_output=True, text=True, timeout=300)
+    pip = [sys.executable, "-m", "pip"]
+    res = subprocess.run([*pip, "install", "--no-index", "--no-build-isolation", "--no-deps",
+                          "--quiet", str(src)], capture_output=True, text=True, timeout=300)
     if res.returncode != 0:
         pytest.skip(f"pip could not build the test plugin offline: {res.stderr[-300:]}")
-    assert list(target.glob("bpflbr_test_plugin-0.0.1.dist-info/entry_points.txt"))
-    return str(target)
+    try:
+        from importlib.metadata import distribution
+
+        dist = distribution("bpflbr-test-plugin")  # found by the venv's own metadata
+        assert dist.entry_points.select(group="bpflbr_shell.plugins")
+        yield ""
+    finally:
+        subprocess.run([*pip, "uninstall", "--yes", "--quiet", "bpflbr-test-plugin"],
+                       capture_output=True, text=True, timeout=120, check=True)
 
 
 def test_an_installed_plugin_loads_through_its_entry_point(installed_plugin: str,
