@@ -139,11 +139,7 @@ def value_type(t: Any) -> ValueType | None:
     import drgn
 
     name = t.type_name() if hasattr(t, "type_name") else ""
-    for _ in range(32):
-        t = t.unqualified()
-        if t.kind != drgn.TypeKind.TYPEDEF:
-            break
-        t = t.type
+    t = _unqualified(t)
     kind = t.kind
     if kind == drgn.TypeKind.VOID:
         return VOID
@@ -165,6 +161,7 @@ def value_type(t: Any) -> ValueType | None:
 
 
 def _unqualified(t: Any) -> Any:
+    """``t`` with its qualifiers and typedefs peeled off (drgn types)."""
     import drgn
 
     for _ in range(32):
@@ -242,11 +239,7 @@ def _is_char(t: Any) -> bool:
     """Whether a pointee is a char type (through typedefs and qualifiers)."""
     import drgn
 
-    for _ in range(32):
-        t = t.unqualified()
-        if t.kind != drgn.TypeKind.TYPEDEF:
-            break
-        t = t.type
+    t = _unqualified(t)
     return t.kind == drgn.TypeKind.INT and t.size == 1 and \
         t.name in ("char", "signed char", "unsigned char")
 
